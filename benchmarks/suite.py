@@ -1,0 +1,169 @@
+"""Runs a plan: every (workload, cell, dtype) case, every mode, every contender, in one process.
+
+One case at a time: build its shared inputs, build each contender from them (optionally check
+that they agree), then time each contender in each mode. Whatever a contender raises (out of
+memory, unsupported dtype, not implemented yet) becomes an error entry and the run goes on.
+"""
+from __future__ import annotations
+
+import gc
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+from torch import Tensor
+
+from . import correctness
+from .cells import Cell
+from .contenders import Built, Contender, Skip
+from .inputs import Case, make_case
+from .report import ResultLog
+from .timing import Budget, measure
+from .workloads import Workload
+
+MODES = ("inference", "training")
+
+
+@dataclass
+class Plan:
+    device: torch.device
+    workloads: List[Workload]
+    cells: List[Cell]
+    dtypes: List[str]
+    modes: List[str]
+    contenders: List[Contender]
+    budget: Budget
+    loops_everywhere: bool = False  # time the slow loop contenders on every workload
+    check: bool = False
+    seed: int = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.workloads) * len(self.cells) * len(self.dtypes) * len(self.modes) * len(self.contenders)
+
+
+def _call(built: Built, x: Tensor, mode: str) -> Callable[[], Any]:
+    """One timed call. Inference: forward under no_grad. Training: forward, loss = output.sum(),
+    and the gradients of x and of every parameter (autograd.grad: nothing accumulates between
+    calls, so every call does the same work)."""
+    if mode == "inference":
+        def infer():
+            with torch.no_grad():
+                return built.forward(x)
+        return infer
+
+    leaf = x.detach().requires_grad_(True)
+    inputs = [leaf, *built.parameters]
+
+    def train():
+        return torch.autograd.grad(built.forward(leaf).sum(), inputs, allow_unused=True)
+    return train
+
+
+def _error_text(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}".strip()
+
+
+def _release(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+class Runner:
+    def __init__(self, plan: Plan, log: ResultLog, progress: Callable[[str], None]):
+        self.plan, self.log, self.progress = plan, log, progress
+        self.done = 0
+
+    def run(self) -> None:
+        for workload in self.plan.workloads:
+            for cell in self.plan.cells:
+                for dtype in self.plan.dtypes:
+                    self._run_case(workload, cell, dtype)
+
+    def _record(self, base: Dict[str, Any], contender: Contender, mode: str, status: str,
+                impl: Optional[str] = None, **fields: Any) -> None:
+        record = dict(base, mode=mode, contender=contender.name, status=status, impl=impl, **fields)
+        self.log.add_result(record)
+        self.done += 1
+        if status == "ok":
+            outcome = f"{fields['median_ms']:.3f} ms (first call {fields['first_call_ms']:.1f} ms)"
+        else:
+            outcome = f"{status}: {(fields.get('error') or fields.get('reason') or '')[:120]}"
+        self.progress(f"[{self.done}/{self.plan.size}] {'/'.join(base.values())}/{mode} {contender.name}: {outcome}")
+
+    def _run_case(self, workload: Workload, cell: Cell, dtype: str) -> None:
+        base = {"workload": workload.name, "cell": cell.name, "dtype": dtype}
+        plan = self.plan
+        try:
+            case = make_case(workload, cell, dtype, plan.device, plan.seed)
+        except Exception as error:  # e.g. out of memory for the inputs themselves
+            for contender in plan.contenders:
+                for mode in plan.modes:
+                    self._record(base, contender, mode, "error", error=f"inputs: {_error_text(error)}")
+            _release(plan.device)
+            return
+
+        built: Dict[str, Built] = {}
+        for contender in plan.contenders:
+            try:
+                if contender.slow and not (workload.loop_friendly or plan.loops_everywhere):
+                    raise Skip("skipped", "a Python loop over time, slow on this workload "
+                                          "(--loops-everywhere times it anyway)")
+                built[contender.name] = contender.build(case)
+            except Skip as skip:
+                for mode in plan.modes:
+                    self._record(base, contender, mode, skip.status, reason=str(skip))
+            except Exception as error:
+                for mode in plan.modes:
+                    self._record(base, contender, mode, "error", error=f"build: {_error_text(error)}",
+                                 traceback=traceback.format_exc(limit=8))
+
+        if plan.check:
+            self._check(case, built, base)
+
+        by_name = {c.name: c for c in plan.contenders}
+        for mode in plan.modes:
+            for name, contender_built in built.items():
+                contender = by_name[name]
+                try:
+                    contender_built.set_training(mode == "training")
+                    timing = measure(_call(contender_built, case.x, mode), plan.device, plan.budget,
+                                     contender.first_call_timeout)
+                except Exception as error:
+                    self._record(base, contender, mode, "error", contender_built.impl, error=_error_text(error),
+                                 traceback=traceback.format_exc(limit=8))
+                    _release(plan.device)
+                    continue
+                self._record(base, contender, mode, "ok", contender_built.impl, **timing.to_json())
+        del built, case
+        _release(plan.device)
+
+    def _check(self, case: Case, built: Dict[str, Built], base: Dict[str, str]) -> None:
+        baseline_name = next((n for n in ("torch.nn", "reference") if n in built), None)
+        if baseline_name is None:
+            return
+        try:
+            expected = correctness.outputs(built[baseline_name], case.x)
+        except Exception as error:
+            self.log.add_check(dict(base, contender=baseline_name, baseline=baseline_name, ok=False,
+                                    error=f"baseline raised: {_error_text(error)}"))
+            return
+        for name, candidate in built.items():
+            if name == baseline_name:
+                continue
+            try:
+                verdict = correctness.compare(correctness.outputs(candidate, case.x), expected, case.dtype_name)
+            except Exception as error:
+                verdict = {"ok": False, "error": _error_text(error)}
+            self.log.add_check(dict(base, contender=name, baseline=baseline_name, **verdict))
+            if not verdict["ok"]:
+                self.progress(f"check FAILED {'/'.join(base.values())} {name} vs {baseline_name}: {verdict}")
+        del expected
+        _release(case.device)
+
+
+def run(plan: Plan, log: ResultLog, progress: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> None:
+    Runner(plan, log, progress).run()

@@ -1,0 +1,10 @@
+// CUDA instantiations of the GRU pointwise steps (both variants).
+#include "fused_rnn/cell_steps.h"
+#include "launch_cuda.cuh"
+
+FUSED_RNN_INSTANTIATE_CUDA_STEP(GruForwardStep)
+FUSED_RNN_INSTANTIATE_CUDA_STEP(GruBackwardStep)
+FUSED_RNN_INSTANTIATE_CUDA_STEP(GruResetBeforeGatesStep)
+FUSED_RNN_INSTANTIATE_CUDA_STEP(GruResetBeforeStateStep)
+FUSED_RNN_INSTANTIATE_CUDA_STEP(GruResetBeforeBackwardZnStep)
+FUSED_RNN_INSTANTIATE_CUDA_STEP(GruResetBeforeBackwardRStep)

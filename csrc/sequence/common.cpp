@@ -1,0 +1,77 @@
+#include "common.h"
+
+#include <c10/util/Exception.h>
+
+namespace fused_rnn {
+
+void check_like(const Tensor& tensor, const char* name, at::IntArrayRef shape, const Tensor& x_proj) {
+  TORCH_CHECK(tensor.sizes() == shape, "fused_rnn: ", name, " must have shape ", shape, ", got ",
+              tensor.sizes());
+  TORCH_CHECK(tensor.scalar_type() == x_proj.scalar_type(), "fused_rnn: ", name, " has dtype ",
+              tensor.scalar_type(), " but the input has dtype ", x_proj.scalar_type());
+  TORCH_CHECK(tensor.device() == x_proj.device(), "fused_rnn: ", name, " is on ", tensor.device(),
+              " but the input is on ", x_proj.device());
+}
+
+int64_t check_sequence_args(const Tensor& x_proj, const Tensor& h0, const Tensor& w_hh,
+                            const OptTensor& b_hh, const OptTensor& lengths, int64_t gates,
+                            c10::optional<int64_t> state_size) {
+  TORCH_CHECK(x_proj.dim() == 3, "fused_rnn: x_proj must be 3-D [T, B, ", gates,
+              "*H], got shape ", x_proj.sizes());
+  TORCH_CHECK(at::isFloatingType(x_proj.scalar_type()),
+              "fused_rnn: x_proj must be a floating-point tensor, got ", x_proj.scalar_type());
+  TORCH_CHECK(x_proj.size(0) > 0, "fused_rnn: the sequence must have at least one time step");
+  TORCH_CHECK(x_proj.size(2) % gates == 0, "fused_rnn: x_proj's last dimension (", x_proj.size(2),
+              ") must be a multiple of ", gates, " (gates of this cell)");
+  const int64_t B = x_proj.size(1);
+  const int64_t H = x_proj.size(2) / gates;
+  const int64_t P = state_size.value_or(H);
+  check_like(h0, "h0", {B, P}, x_proj);
+  check_like(w_hh, "w_hh", {gates * H, P}, x_proj);
+  if (b_hh.has_value()) check_like(*b_hh, "b_hh", {gates * H}, x_proj);
+  if (lengths.has_value()) {
+    const Tensor& len = *lengths;
+    TORCH_CHECK(len.scalar_type() == at::kLong, "fused_rnn: lengths must be int64, got ",
+                len.scalar_type());
+    TORCH_CHECK(len.dim() == 1 && len.size(0) == B, "fused_rnn: lengths must have shape [", B,
+                "] (one entry per sequence), got ", len.sizes());
+    TORCH_CHECK(len.device() == x_proj.device(), "fused_rnn: lengths is on ", len.device(),
+                " but the input is on ", x_proj.device());
+    TORCH_CHECK(len.is_contiguous(), "fused_rnn: lengths must be contiguous");
+    if (len.device().is_cpu() && B > 0) {
+      // On the GPU this check would cost a host synchronisation; fused_rnn.functional checks
+      // the values before moving lengths to the device.
+      const auto bounds = at::aminmax(len);
+      const int64_t low = std::get<0>(bounds).item<int64_t>();
+      const int64_t high = std::get<1>(bounds).item<int64_t>();
+      TORCH_CHECK(low >= 0 && high <= x_proj.size(0), "fused_rnn: lengths must lie in [0, T=",
+                  x_proj.size(0), "], got values in [", low, ", ", high, "]");
+    }
+  }
+  return H;
+}
+
+void recurrent_gemm(Tensor& out, const Tensor& h, const Tensor& w_hh_t, const OptTensor& bias) {
+  if (bias.has_value()) {
+    at::addmm_out(out, *bias, h, w_hh_t);
+  } else {
+    at::mm_out(out, h, w_hh_t);
+  }
+}
+
+Tensor previous_states(const Tensor& states, const Tensor& initial, const OptTensor& lengths,
+                       bool reverse) {
+  const int64_t T = states.size(0);
+  const Tensor first = initial.unsqueeze(0);
+  if (!reverse) return at::cat({first, states.narrow(0, 0, T - 1)}, 0);
+  Tensor prev = at::cat({states.narrow(0, 1, T - 1), first}, 0);
+  if (lengths.has_value()) {
+    // Sequence b starts (in reverse) at t = lengths[b]-1, from the initial state.
+    const Tensor next_t = at::arange(1, T + 1, lengths->options()).unsqueeze(1);  // [T, 1]
+    const Tensor starts_here = (next_t >= lengths->unsqueeze(0)).unsqueeze(2);  // [T, B, 1]
+    prev = at::where(starts_here, first, prev);
+  }
+  return prev;
+}
+
+}  // namespace fused_rnn

@@ -1,0 +1,48 @@
+// Shared pieces of the time loops: argument checks, the recurrent GEMM, and the reconstruction
+// of the previous-state sequence that backward needs for the weight gradients.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Optional.h>
+
+#include <cstdint>
+
+namespace fused_rnn {
+
+using at::Tensor;
+using OptTensor = c10::optional<Tensor>;
+
+// The time index processed at loop step s (forward: s; reverse: T-1-s).
+inline int64_t time_at(int64_t s, int64_t steps, bool reverse) {
+  return reverse ? steps - 1 - s : s;
+}
+
+// Pointer to lengths' data, or nullptr when every sequence has length T.
+inline const int64_t* lengths_ptr(const OptTensor& lengths) {
+  return lengths.has_value() ? lengths->data_ptr<int64_t>() : nullptr;
+}
+
+// Checks the common arguments of a sequence op and returns the hidden size H:
+//   x_proj [T, B, gates*H], h0 [B, P], w_hh [gates*H, P], b_hh [gates*H] (optional),
+//   lengths [B] int64 on x_proj's device (optional). `state_size` is P (H without projection).
+int64_t check_sequence_args(const Tensor& x_proj, const Tensor& h0, const Tensor& w_hh,
+                            const OptTensor& b_hh, const OptTensor& lengths, int64_t gates,
+                            c10::optional<int64_t> state_size);
+
+// Checks that `tensor` (named `name`) has exactly `shape`, x_proj's dtype and device.
+void check_like(const Tensor& tensor, const char* name, at::IntArrayRef shape, const Tensor& x_proj);
+
+// out [B, G*H] = h [B, P] · w_hh_t [P, G*H] (+ bias [G*H]).
+void recurrent_gemm(Tensor& out, const Tensor& h, const Tensor& w_hh_t, const OptTensor& bias);
+
+// The state each step started from, [T, B, X], given the per-step states or outputs `states`
+// [T, B, X] (outputs are 0 where masked) and the initial state [B, X]:
+//   forward: prev[t] = states[t-1] (initial at t = 0);
+//   reverse: prev[t] = states[t+1], or initial where t+1 >= lengths[b] (or t = T-1).
+Tensor previous_states(const Tensor& states, const Tensor& initial, const OptTensor& lengths,
+                       bool reverse);
+
+// Empty placeholder returned for outputs that do not apply (inference, no peepholes, ...).
+inline Tensor absent(const Tensor& like) { return at::empty({0}, like.options()); }
+
+}  // namespace fused_rnn

@@ -1,0 +1,75 @@
+// Elman RNN time loop: per step one GEMM (W_hh h + b_hh) and one fused pointwise step.
+#include <ATen/Dispatch.h>
+#include <c10/core/DeviceGuard.h>
+
+#include "fused_rnn/cell_steps.h"
+#include "fused_rnn/launch.h"
+#include "sequence_ops.h"
+
+namespace fused_rnn {
+
+std::tuple<Tensor, Tensor> elman_forward(const Tensor& x_proj_in, const Tensor& h0,
+                                         const Tensor& w_hh, const OptTensor& b_hh,
+                                         const OptTensor& lengths, bool reverse, bool relu) {
+  const c10::OptionalDeviceGuard guard(at::device_of(x_proj_in));
+  const int64_t H = check_sequence_args(x_proj_in, h0, w_hh, b_hh, lengths, 1, c10::nullopt);
+  const Tensor x_proj = x_proj_in.contiguous();  // [T, B, H]
+  const int64_t T = x_proj.size(0), B = x_proj.size(1);
+  const Tensor w_hh_t = w_hh.t();                // [H, H]
+  Tensor h = h0.contiguous().clone();            // [B, H] state
+  Tensor hh = at::empty({B, H}, x_proj.options());  // [B, H] W_hh h + b_hh
+  Tensor y = at::empty({T, B, H}, x_proj.options());
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_proj.scalar_type(), "elman_forward", [&] {
+    ElmanForwardStep<scalar_t> step;
+    step.H = H;
+    step.relu = relu;
+    step.hh = hh.data_ptr<scalar_t>();
+    step.h = h.data_ptr<scalar_t>();
+    for (int64_t s = 0; s < T; ++s) {
+      const int64_t t = time_at(s, T, reverse);
+      recurrent_gemm(hh, h, w_hh_t, b_hh);
+      step.mask = {lengths_ptr(lengths), t};
+      step.x_proj = x_proj.data_ptr<scalar_t>() + t * B * H;
+      step.y = y.data_ptr<scalar_t>() + t * B * H;
+      launch_step(step, B, H, x_proj.device());
+    }
+  });
+  return {y, h};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> elman_backward(
+    const Tensor& grad_y_in, const Tensor& grad_h_n, const Tensor& y_in, const Tensor& h0,
+    const Tensor& w_hh, const OptTensor& lengths, bool reverse, bool relu) {
+  const c10::OptionalDeviceGuard guard(at::device_of(y_in));
+  const int64_t H = check_sequence_args(y_in, h0, w_hh, c10::nullopt, lengths, 1, c10::nullopt);
+  const int64_t T = y_in.size(0), B = y_in.size(1);
+  check_like(grad_y_in, "grad_y", y_in.sizes(), y_in);
+  check_like(grad_h_n, "grad_h_n", {B, H}, y_in);
+  const Tensor y = y_in.contiguous();            // [T, B, H]
+  const Tensor grad_y = grad_y_in.contiguous();  // [T, B, H]
+  const Tensor w = w_hh.contiguous();            // [H, H]
+  Tensor dh = grad_h_n.contiguous().clone();     // [B, H] gradient carried to the previous step
+  Tensor d_a = at::empty({T, B, H}, y.options());  // [T, B, H] d pre-activations
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "elman_backward", [&] {
+    ElmanBackwardStep<scalar_t> step;
+    step.H = H;
+    step.relu = relu;
+    step.dh = dh.data_ptr<scalar_t>();
+    for (int64_t s = T - 1; s >= 0; --s) {
+      const int64_t t = time_at(s, T, reverse);
+      step.mask = {lengths_ptr(lengths), t};
+      step.grad_y = grad_y.data_ptr<scalar_t>() + t * B * H;
+      step.y = y.data_ptr<scalar_t>() + t * B * H;
+      step.d_a = d_a.data_ptr<scalar_t>() + t * B * H;
+      launch_step(step, B, H, y.device());
+      dh.addmm_(d_a.select(0, t), w);
+    }
+  });
+  const Tensor h_prev = previous_states(y, h0, lengths, reverse);  // [T, B, H]
+  const Tensor grad_w_hh = d_a.view({T * B, H}).t().mm(h_prev.reshape({T * B, H}));
+  return {d_a, dh, grad_w_hh, d_a.sum({0, 1})};
+}
+
+}  // namespace fused_rnn

@@ -1,0 +1,165 @@
+// GRU time loops. reset_after (torch/cuDNN): per step one GEMM and one fused step.
+// reset_before (TF GRUCell): n needs W_hn (r h), so per step two GEMMs and two fused steps.
+#include <ATen/Dispatch.h>
+#include <c10/core/DeviceGuard.h>
+
+#include "fused_rnn/cell_steps.h"
+#include "fused_rnn/launch.h"
+#include "sequence_ops.h"
+
+namespace fused_rnn {
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& x_proj_in, const Tensor& h0,
+                                                       const Tensor& w_hh, const OptTensor& b_hh,
+                                                       const OptTensor& lengths, bool reverse,
+                                                       bool reset_after, bool training) {
+  const c10::OptionalDeviceGuard guard(at::device_of(x_proj_in));
+  const int64_t H = check_sequence_args(x_proj_in, h0, w_hh, b_hh, lengths, 3, c10::nullopt);
+  const Tensor x_proj = x_proj_in.contiguous();  // [T, B, 3H]
+  const int64_t T = x_proj.size(0), B = x_proj.size(1);
+  const auto opts = x_proj.options();
+  const auto device = x_proj.device();
+  Tensor h = h0.contiguous().clone();    // [B, H] state
+  Tensor y = at::empty({T, B, H}, opts);  // [T, B, H]
+  // reset_before always needs r, z within the step, so it keeps gates even in inference.
+  const bool keep_gates = training || !reset_after;
+  Tensor gates = keep_gates ? at::empty({training ? T : 1, B, 3 * H}, opts) : absent(x_proj);
+  Tensor hh_n_all = training && reset_after ? at::empty({T, B, H}, opts) : absent(x_proj);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_proj.scalar_type(), "gru_forward", [&] {
+    auto x_at = [&](int64_t t) { return x_proj.data_ptr<scalar_t>() + t * B * 3 * H; };
+    auto gates_at = [&](int64_t t) {
+      return keep_gates ? gates.data_ptr<scalar_t>() + (training ? t : 0) * B * 3 * H : nullptr;
+    };
+    if (reset_after) {
+      const Tensor w_hh_t = w_hh.t();                 // [H, 3H]
+      Tensor hh = at::empty({B, 3 * H}, opts);        // [B, 3H] W_hh h + b_hh
+      GruForwardStep<scalar_t> step;
+      step.H = H;
+      step.hh = hh.data_ptr<scalar_t>();
+      step.h = h.data_ptr<scalar_t>();
+      for (int64_t s = 0; s < T; ++s) {
+        const int64_t t = time_at(s, T, reverse);
+        recurrent_gemm(hh, h, w_hh_t, b_hh);
+        step.mask = {lengths_ptr(lengths), t};
+        step.x_proj = x_at(t);
+        step.y = y.data_ptr<scalar_t>() + t * B * H;
+        step.gates = gates_at(t);
+        step.hh_n = training ? hh_n_all.data_ptr<scalar_t>() + t * B * H : nullptr;
+        launch_step(step, B, H, device);
+      }
+      return;
+    }
+    const Tensor w_rz_t = w_hh.narrow(0, 0, 2 * H).t();  // [H, 2H]
+    const Tensor w_n_t = w_hh.narrow(0, 2 * H, H).t();   // [H, H]
+    const OptTensor b_rz = b_hh.has_value() ? OptTensor(b_hh->narrow(0, 0, 2 * H)) : c10::nullopt;
+    const OptTensor b_n = b_hh.has_value() ? OptTensor(b_hh->narrow(0, 2 * H, H)) : c10::nullopt;
+    Tensor hh_rz = at::empty({B, 2 * H}, opts);  // [B, 2H] W_h{r,z} h + b_h{r,z}
+    Tensor rh = at::empty({B, H}, opts);         // [B, H]  r h
+    Tensor hh_n = at::empty({B, H}, opts);       // [B, H]  W_hn (r h) + b_hn
+    GruResetBeforeGatesStep<scalar_t> gates_step;
+    gates_step.H = H;
+    gates_step.hh_rz = hh_rz.data_ptr<scalar_t>();
+    gates_step.h = h.data_ptr<scalar_t>();
+    gates_step.rh = rh.data_ptr<scalar_t>();
+    GruResetBeforeStateStep<scalar_t> state_step;
+    state_step.H = H;
+    state_step.hh_n = hh_n.data_ptr<scalar_t>();
+    state_step.h = h.data_ptr<scalar_t>();
+    for (int64_t s = 0; s < T; ++s) {
+      const int64_t t = time_at(s, T, reverse);
+      recurrent_gemm(hh_rz, h, w_rz_t, b_rz);
+      gates_step.mask = state_step.mask = {lengths_ptr(lengths), t};
+      gates_step.x_proj = state_step.x_proj = x_at(t);
+      gates_step.gates = state_step.gates = gates_at(t);
+      launch_step(gates_step, B, H, device);
+      recurrent_gemm(hh_n, rh, w_n_t, b_n);
+      state_step.y = y.data_ptr<scalar_t>() + t * B * H;
+      launch_step(state_step, B, H, device);
+    }
+  });
+  if (!training) gates = absent(x_proj);
+  return {y, h, gates, hh_n_all};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
+    const Tensor& grad_y_in, const Tensor& grad_h_n, const Tensor& y_in, const Tensor& gates_in,
+    const Tensor& hh_n_in, const Tensor& h0, const Tensor& w_hh, const OptTensor& lengths,
+    bool reverse, bool reset_after) {
+  const c10::OptionalDeviceGuard guard(at::device_of(gates_in));
+  const int64_t H = check_sequence_args(gates_in, h0, w_hh, c10::nullopt, lengths, 3, c10::nullopt);
+  const int64_t T = gates_in.size(0), B = gates_in.size(1);
+  check_like(y_in, "y", {T, B, H}, gates_in);
+  check_like(grad_y_in, "grad_y", {T, B, H}, gates_in);
+  check_like(grad_h_n, "grad_h_n", {B, H}, gates_in);
+  if (reset_after) check_like(hh_n_in, "hh_n", {T, B, H}, gates_in);
+  const auto opts = gates_in.options();
+  const auto device = gates_in.device();
+  const Tensor grad_y = grad_y_in.contiguous();  // [T, B, H]
+  const Tensor gates = gates_in.contiguous();    // [T, B, 3H] r, z, n
+  const Tensor h_prev = previous_states(y_in, h0, lengths, reverse).contiguous();  // [T, B, H]
+  Tensor dh = grad_h_n.contiguous().clone();     // [B, H] carried to the previous step
+  Tensor d_x = at::empty({T, B, 3 * H}, opts);   // [T, B, 3H] d x_proj
+  Tensor grad_w_hh, grad_b_hh;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gates.scalar_type(), "gru_backward", [&] {
+    auto at_t = [&](const Tensor& buf, int64_t t, int64_t width) {
+      return buf.data_ptr<scalar_t>() + t * B * width;
+    };
+    if (reset_after) {
+      const Tensor hh_n = hh_n_in.contiguous();    // [T, B, H]
+      const Tensor w = w_hh.contiguous();          // [3H, H]
+      Tensor d_hh = at::empty({T, B, 3 * H}, opts);  // [T, B, 3H] d (W_hh h + b_hh)
+      GruBackwardStep<scalar_t> step;
+      step.H = H;
+      step.dh = dh.data_ptr<scalar_t>();
+      for (int64_t s = T - 1; s >= 0; --s) {
+        const int64_t t = time_at(s, T, reverse);
+        step.mask = {lengths_ptr(lengths), t};
+        step.grad_y = at_t(grad_y, t, H);
+        step.gates = at_t(gates, t, 3 * H);
+        step.hh_n = at_t(hh_n, t, H);
+        step.h_prev = at_t(h_prev, t, H);
+        step.d_x = at_t(d_x, t, 3 * H);
+        step.d_hh = at_t(d_hh, t, 3 * H);
+        launch_step(step, B, H, device);
+        dh.addmm_(d_hh.select(0, t), w);
+      }
+      grad_w_hh = d_hh.view({T * B, 3 * H}).t().mm(h_prev.view({T * B, H}));
+      grad_b_hh = d_hh.sum({0, 1});
+      return;
+    }
+    const Tensor w_rz = w_hh.narrow(0, 0, 2 * H);  // [2H, H]
+    const Tensor w_n = w_hh.narrow(0, 2 * H, H);   // [H, H]
+    Tensor d_rh = at::empty({B, H}, opts);         // [B, H] d (r h)
+    GruResetBeforeBackwardZnStep<scalar_t> zn_step;
+    zn_step.H = H;
+    zn_step.dh = dh.data_ptr<scalar_t>();
+    GruResetBeforeBackwardRStep<scalar_t> r_step;
+    r_step.H = H;
+    r_step.d_rh = d_rh.data_ptr<scalar_t>();
+    r_step.dh = dh.data_ptr<scalar_t>();
+    for (int64_t s = T - 1; s >= 0; --s) {
+      const int64_t t = time_at(s, T, reverse);
+      zn_step.mask = r_step.mask = {lengths_ptr(lengths), t};
+      zn_step.grad_y = at_t(grad_y, t, H);
+      zn_step.gates = r_step.gates = at_t(gates, t, 3 * H);
+      zn_step.h_prev = r_step.h_prev = at_t(h_prev, t, H);
+      zn_step.d_x = r_step.d_x = at_t(d_x, t, 3 * H);
+      launch_step(zn_step, B, H, device);
+      const Tensor d_x_t = d_x.select(0, t);  // [B, 3H]
+      at::mm_out(d_rh, d_x_t.narrow(1, 2 * H, H), w_n);
+      launch_step(r_step, B, H, device);
+      dh.addmm_(d_x_t.narrow(1, 0, 2 * H), w_rz);
+    }
+    // W_h{r,z} saw h_{t-1}; W_hn saw r h_{t-1}.
+    const Tensor rh_all = gates.narrow(2, 0, H) * h_prev;  // [T, B, H]
+    grad_w_hh = at::cat({d_x.narrow(2, 0, 2 * H).reshape({T * B, 2 * H}).t().mm(h_prev.view({T * B, H})),
+                         d_x.narrow(2, 2 * H, H).reshape({T * B, H}).t().mm(rh_all.view({T * B, H}))},
+                        0);
+    grad_b_hh = d_x.sum({0, 1});
+  });
+  return {d_x, dh, grad_w_hh, grad_b_hh};
+}
+
+}  // namespace fused_rnn

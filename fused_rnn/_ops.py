@@ -1,0 +1,172 @@
+"""Loads the compiled ops (torch.ops.fused_rnn.*) and registers their autograd and fake kernels.
+
+The forward ops return, beside their results, the activations that backward needs (empty
+tensors when no gradient is required); autograd saves those and calls the matching backward op.
+If the compiled library is missing, importing fused_rnn still works (the reference backend
+needs no kernels) and the first fused call raises an error that says why.
+"""
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+try:
+    from . import _C
+    LOAD_ERROR: Optional[BaseException] = None
+except ImportError as error:  # not built, or built against another torch
+    _C = None
+    LOAD_ERROR = error
+
+
+def compiled_build_info() -> dict:
+    return dict(_C.build_info())
+
+
+def _require_kernels() -> None:
+    if LOAD_ERROR is not None:
+        raise RuntimeError(
+            f"fused_rnn's compiled kernels could not be loaded ({LOAD_ERROR}). Build them with "
+            "`pip install --no-build-isolation -e .`, or use backend='reference'.")
+
+
+def _needs_grad(*tensors: Optional[Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _zeros_if_none(grad: Optional[Tensor], like: Tensor) -> Tensor:
+    return torch.zeros_like(like) if grad is None else grad
+
+
+# ------------------------------------------------------------------------------- public wrappers
+def elman(x_proj: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], lengths: Optional[Tensor],
+          reverse: bool, relu: bool) -> Tuple[Tensor, Tensor]:
+    _require_kernels()
+    return torch.ops.fused_rnn.elman_forward(x_proj, h0, w_hh, b_hh, lengths, reverse, relu)
+
+
+def lstm(x_proj: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor],
+         w_ch: Optional[Tensor], w_hr: Optional[Tensor], lengths: Optional[Tensor],
+         reverse: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    _require_kernels()
+    training = _needs_grad(x_proj, h0, c0, w_hh, b_hh, w_ch, w_hr)
+    y, h_n, c_n, _, _ = torch.ops.fused_rnn.lstm_forward(x_proj, h0, c0, w_hh, b_hh, w_ch, w_hr,
+                                                         lengths, reverse, training)
+    return y, h_n, c_n
+
+
+def gru(x_proj: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], lengths: Optional[Tensor],
+        reverse: bool, reset_after: bool) -> Tuple[Tensor, Tensor]:
+    _require_kernels()
+    training = _needs_grad(x_proj, h0, w_hh, b_hh)
+    y, h_n, _, _ = torch.ops.fused_rnn.gru_forward(x_proj, h0, w_hh, b_hh, lengths, reverse,
+                                                   reset_after, training)
+    return y, h_n
+
+
+# ------------------------------------------------------------------------------------ registration
+def _c_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The LSTM cell state is kept in float32 for half types."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _register_fakes() -> None:
+    register = torch.library.register_fake
+
+    @register("fused_rnn::elman_forward")
+    def _(x_proj, h0, w_hh, b_hh, lengths, reverse, relu):
+        return x_proj.new_empty(x_proj.shape), h0.new_empty(h0.shape)
+
+    @register("fused_rnn::elman_backward")
+    def _(grad_y, grad_h_n, y, h0, w_hh, lengths, reverse, relu):
+        return (y.new_empty(y.shape), h0.new_empty(h0.shape), w_hh.new_empty(w_hh.shape),
+                w_hh.new_empty(w_hh.shape[0]))
+
+    @register("fused_rnn::lstm_forward")
+    def _(x_proj, h0, c0, w_hh, b_hh, w_ch, w_hr, lengths, reverse, training):
+        steps, batch, gates = x_proj.shape
+        hidden, state = gates // 4, h0.shape[1]
+        saved_gates = x_proj.new_empty(x_proj.shape) if training else x_proj.new_empty(0)
+        c_all = (x_proj.new_empty((steps, batch, hidden), dtype=_c_dtype(x_proj.dtype)) if training
+                 else x_proj.new_empty(0, dtype=_c_dtype(x_proj.dtype)))
+        return (x_proj.new_empty((steps, batch, state)), h0.new_empty(h0.shape),
+                c0.new_empty(c0.shape), saved_gates, c_all)
+
+    @register("fused_rnn::lstm_backward")
+    def _(grad_y, grad_h_n, grad_c_n, y, gates, c_all, h0, c0, w_hh, w_ch, w_hr, lengths, reverse):
+        return (gates.new_empty(gates.shape), h0.new_empty(h0.shape), c0.new_empty(c0.shape),
+                w_hh.new_empty(w_hh.shape), w_hh.new_empty(w_hh.shape[0]),
+                w_ch.new_empty(w_ch.shape) if w_ch is not None else gates.new_empty(0),
+                w_hr.new_empty(w_hr.shape) if w_hr is not None else gates.new_empty(0))
+
+    @register("fused_rnn::gru_forward")
+    def _(x_proj, h0, w_hh, b_hh, lengths, reverse, reset_after, training):
+        steps, batch, gates = x_proj.shape
+        hidden = gates // 3
+        saved_gates = x_proj.new_empty(x_proj.shape) if training else x_proj.new_empty(0)
+        hh_n = (x_proj.new_empty((steps, batch, hidden)) if training and reset_after
+                else x_proj.new_empty(0))
+        return x_proj.new_empty((steps, batch, hidden)), h0.new_empty(h0.shape), saved_gates, hh_n
+
+    @register("fused_rnn::gru_backward")
+    def _(grad_y, grad_h_n, y, gates, hh_n, h0, w_hh, lengths, reverse, reset_after):
+        return (gates.new_empty(gates.shape), h0.new_empty(h0.shape), w_hh.new_empty(w_hh.shape),
+                w_hh.new_empty(w_hh.shape[0]))
+
+
+def _register_autograd() -> None:
+    ops = torch.ops.fused_rnn
+
+    def elman_setup(ctx, inputs, output):
+        x_proj, h0, w_hh, b_hh, lengths, reverse, relu = inputs
+        y, _ = output
+        ctx.save_for_backward(y, h0, w_hh, lengths)
+        ctx.reverse, ctx.relu, ctx.has_bias = reverse, relu, b_hh is not None
+
+    def elman_backward(ctx, grad_y, grad_h_n):
+        y, h0, w_hh, lengths = ctx.saved_tensors
+        gx, gh0, gw, gb = ops.elman_backward(_zeros_if_none(grad_y, y), _zeros_if_none(grad_h_n, h0),
+                                             y, h0, w_hh, lengths, ctx.reverse, ctx.relu)
+        return gx, gh0, gw, gb if ctx.has_bias else None, None, None, None
+
+    def lstm_setup(ctx, inputs, output):
+        x_proj, h0, c0, w_hh, b_hh, w_ch, w_hr, lengths, reverse, training = inputs
+        y, _, _, gates, c_all = output
+        ctx.save_for_backward(y, gates, c_all, h0, c0, w_hh, w_ch, w_hr, lengths)
+        ctx.reverse, ctx.has_bias, ctx.training = reverse, b_hh is not None, training
+
+    def lstm_backward(ctx, grad_y, grad_h_n, grad_c_n, _grad_gates, _grad_c_all):
+        if not ctx.training:
+            raise RuntimeError("fused_rnn: lstm_forward ran with training=False, so it saved no "
+                               "activations for backward")
+        y, gates, c_all, h0, c0, w_hh, w_ch, w_hr, lengths = ctx.saved_tensors
+        gx, gh0, gc0, gw, gb, gwch, gwhr = ops.lstm_backward(
+            _zeros_if_none(grad_y, y), _zeros_if_none(grad_h_n, h0), _zeros_if_none(grad_c_n, c0),
+            y, gates, c_all, h0, c0, w_hh, w_ch, w_hr, lengths, ctx.reverse)
+        return (gx, gh0, gc0, gw, gb if ctx.has_bias else None, gwch if w_ch is not None else None,
+                gwhr if w_hr is not None else None, None, None, None)
+
+    def gru_setup(ctx, inputs, output):
+        x_proj, h0, w_hh, b_hh, lengths, reverse, reset_after, training = inputs
+        y, _, gates, hh_n = output
+        ctx.save_for_backward(y, gates, hh_n, h0, w_hh, lengths)
+        ctx.reverse, ctx.reset_after = reverse, reset_after
+        ctx.has_bias, ctx.training = b_hh is not None, training
+
+    def gru_backward(ctx, grad_y, grad_h_n, _grad_gates, _grad_hh_n):
+        if not ctx.training:
+            raise RuntimeError("fused_rnn: gru_forward ran with training=False, so it saved no "
+                               "activations for backward")
+        y, gates, hh_n, h0, w_hh, lengths = ctx.saved_tensors
+        gx, gh0, gw, gb = ops.gru_backward(_zeros_if_none(grad_y, y), _zeros_if_none(grad_h_n, h0),
+                                           y, gates, hh_n, h0, w_hh, lengths, ctx.reverse,
+                                           ctx.reset_after)
+        return gx, gh0, gw, gb if ctx.has_bias else None, None, None, None, None
+
+    torch.library.register_autograd("fused_rnn::elman_forward", elman_backward, setup_context=elman_setup)
+    torch.library.register_autograd("fused_rnn::lstm_forward", lstm_backward, setup_context=lstm_setup)
+    torch.library.register_autograd("fused_rnn::gru_forward", gru_backward, setup_context=gru_setup)
+
+
+if LOAD_ERROR is None:
+    _register_fakes()
+    _register_autograd()

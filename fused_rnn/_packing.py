@@ -1,0 +1,53 @@
+"""PackedSequence <-> padded (T, B, *) conversion for the modules.
+
+The modules run every sequence in the batch order the user sees (the PackedSequence's original
+order), so a user's ``hx`` needs no permutation and the returned states come out in that order too,
+exactly what torch returns after its own sort/unsort. One gather index, built once on the CPU from
+``batch_sizes``, maps the packed rows to rows of the padded (T*B, *) layout; unpacking is one
+``index_copy`` and packing one ``index_select``, both differentiable.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import PackedSequence
+
+
+def packed_layout(packed: PackedSequence) -> Tuple[Tensor, Tensor]:
+    """Returns ``(index, lengths)`` for ``packed``.
+
+    index    (N,) int64 on the data's device: packed row k holds padded row ``index[k]`` of the
+             time-major (T*B, *) layout, batch in original order.
+    lengths  (B,) int64 on the CPU, each sequence's length, in original order.
+    """
+    batch_sizes = packed.batch_sizes  # (T,) int64, always on the CPU
+    steps, batch = batch_sizes.numel(), int(batch_sizes[0])
+    # Packed data is time-major; at step t it holds the batch_sizes[t] longest sequences, in
+    # sorted order. valid[t, s]: sorted slot s is present at step t.
+    valid = torch.arange(batch).unsqueeze(0) < batch_sizes.unsqueeze(1)
+    if packed.sorted_indices is None:
+        original = torch.arange(batch)
+    else:
+        original = packed.sorted_indices.cpu()  # sorted slot -> original batch position
+    t, slot = valid.nonzero(as_tuple=True)  # row-major: exactly the packed row order
+    index = t * batch + original[slot]
+    lengths = torch.empty(batch, dtype=torch.int64)
+    lengths[original] = valid.sum(0)
+    return index.to(packed.data.device, non_blocking=True), lengths
+
+
+def unpack(packed: PackedSequence, index: Tensor) -> Tensor:
+    """Packed data (N, *) -> zero-padded (T, B, *), batch in original order."""
+    data = packed.data
+    steps, batch = packed.batch_sizes.numel(), int(packed.batch_sizes[0])
+    padded = data.new_zeros((steps * batch,) + tuple(data.shape[1:]))
+    return padded.index_copy(0, index, data).view((steps, batch) + tuple(data.shape[1:]))
+
+
+def pack_like(padded: Tensor, like: PackedSequence, index: Tensor) -> PackedSequence:
+    """Padded (T, B, *) in original batch order -> PackedSequence with ``like``'s layout."""
+    flat = padded.reshape((-1,) + tuple(padded.shape[2:]))
+    return PackedSequence(flat.index_select(0, index), like.batch_sizes, like.sorted_indices,
+                          like.unsorted_indices)

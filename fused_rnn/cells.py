@@ -1,0 +1,150 @@
+"""Drop-in replacements for torch.nn.RNNCell, LSTMCell and GRUCell (plus a peephole LSTM cell).
+
+The cells subclass ``torch.nn.RNNCellBase`` (torch's parameters, names, init and extra_repr) and
+run one time step as a sequence of length 1 through ``fused_rnn.functional``, i.e. the fused op.
+Every cell takes a keyword-only ``backend="fused"`` (or ``"reference"``, the pure-PyTorch oracle).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from . import functional
+
+__all__ = ["RNNCell", "LSTMCell", "GRUCell", "PeepholeLSTMCell"]
+
+_BACKENDS = ("fused", "reference")
+
+
+class _FusedCellBase(nn.RNNCellBase):
+    _num_states = 1  # 1: hx is a tensor h; 2 (LSTM): hx is a tuple (h, c)
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool, num_chunks: int, device,
+                 dtype, backend: str) -> None:
+        if backend not in _BACKENDS:
+            raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        super().__init__(input_size, hidden_size, bias, num_chunks=num_chunks, device=device, dtype=dtype)
+        self.backend = backend
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s if self.backend == "fused" else s + f", backend={self.backend!r}"
+
+    def _prepare(self, input: Tensor, hx) -> Tuple[Tensor, List[Tensor], bool]:
+        """Checks like torch's cells; returns x (1, B, I), the states [(B, H)...], is_batched."""
+        name = type(self).__name__
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        is_batched = input.dim() == 2
+        x = input if is_batched else input.unsqueeze(0)
+        if x.size(1) != self.input_size:
+            raise RuntimeError(f"input has inconsistent input_size: got {x.size(1)} expected {self.input_size}")
+        if hx is None:
+            zeros = x.new_zeros(x.size(0), self.hidden_size)
+            return x.unsqueeze(0), [zeros] * self._num_states, is_batched
+        if self._num_states == 1:
+            if not isinstance(hx, Tensor):
+                raise TypeError(f"{name}: hx must be a Tensor, got {type(hx).__name__}")
+            states = [hx]
+        else:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2 or not all(isinstance(s, Tensor) for s in hx):
+                raise TypeError(f"{name}: hx must be a tuple (h, c) of two Tensors")
+            states = list(hx)
+        for k, s in enumerate(states):
+            what = "hidden" if self._num_states == 1 else f"hx[{k}]"
+            if s.dim() not in (1, 2):
+                raise ValueError(f"{name}: Expected {what} to be 1D or 2D, got {s.dim()}D instead")
+            if s.dim() != input.dim():
+                raise RuntimeError(f"{name}: Expected {what} to be {input.dim()}D like the input, "
+                                   f"got {s.dim()}D instead")
+            s = s if is_batched else s.unsqueeze(0)
+            if s.size(0) != x.size(0):
+                raise RuntimeError(f"Input batch size {x.size(0)} doesn't match {what} batch size {s.size(0)}")
+            if s.size(1) != self.hidden_size:
+                raise RuntimeError(f"{what} has inconsistent hidden_size: got {s.size(1)}, "
+                                   f"expected {self.hidden_size}")
+            if s.dtype != x.dtype:
+                raise RuntimeError(f"{what} has dtype {s.dtype} but the input has dtype {x.dtype}")
+            states[k] = s
+        return x.unsqueeze(0), states, is_batched
+
+    def _weights(self) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+        return self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
+
+
+class RNNCell(_FusedCellBase):
+    """Elman cell h' = act(W_ih x + b_ih + W_hh h + b_hh), act tanh or relu: a drop-in
+    torch.nn.RNNCell. Input (B, I) or unbatched (I,); hx optional (zeros). Returns h'."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 nonlinearity: str = "tanh", device=None, dtype=None, *, backend: str = "fused") -> None:
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+        super().__init__(input_size, hidden_size, bias, 1, device, dtype, backend)
+        self.nonlinearity = nonlinearity
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        x, (h,), is_batched = self._prepare(input, hx)
+        _, h = functional.rnn(x, h, *self._weights(), nonlinearity=self.nonlinearity,
+                              backend=self.backend)
+        return h if is_batched else h.squeeze(0)
+
+
+class GRUCell(_FusedCellBase):
+    """GRU cell (gate order r, z, n): a drop-in torch.nn.GRUCell. ``reset_after=False`` is the
+    original GRU, n = tanh(W_in x + b_in + W_hn (r*h) + b_hn), same parameters (see fused_rnn.GRU).
+    Input (B, I) or unbatched (I,); hx optional (zeros). Returns h'."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, reset_after: bool = True,
+                 device=None, dtype=None, *, backend: str = "fused") -> None:
+        super().__init__(input_size, hidden_size, bias, 3, device, dtype, backend)
+        self.reset_after = bool(reset_after)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s if self.reset_after else s + ", reset_after=False"
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        x, (h,), is_batched = self._prepare(input, hx)
+        _, h = functional.gru(x, h, *self._weights(), reset_after=self.reset_after,
+                              backend=self.backend)
+        return h if is_batched else h.squeeze(0)
+
+
+class LSTMCell(_FusedCellBase):
+    """LSTM cell (gate order i, f, g, o): a drop-in torch.nn.LSTMCell. Input (B, I) or unbatched
+    (I,); hx an optional tuple (h, c) (zeros). Returns (h', c')."""
+
+    _num_states = 2
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None,
+                 *, backend: str = "fused") -> None:
+        super().__init__(input_size, hidden_size, bias, 4, device, dtype, backend)
+
+    def _peepholes(self) -> Optional[Tensor]:
+        return None
+
+    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
+        x, (h, c), is_batched = self._prepare(input, hx)
+        w_ih, w_hh, b_ih, b_hh = self._weights()
+        _, h, c = functional.peephole_lstm(x, h, c, w_ih, w_hh, self._peepholes(), b_ih, b_hh,
+                                           backend=self.backend)
+        return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
+
+
+class PeepholeLSTMCell(LSTMCell):
+    """LSTM cell with diagonal peepholes ``weight_ch`` (3*hidden_size,) = (p_i, p_f, p_o):
+    i = σ(a_i + p_i*c), f = σ(a_f + p_f*c), c' = f*c + i*g, o = σ(a_o + p_o*c'), h' = o*tanh(c').
+    Initialised like the other weights; all zero computes exactly torch.nn.LSTMCell."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None,
+                 *, backend: str = "fused") -> None:
+        super().__init__(input_size, hidden_size, bias, device, dtype, backend=backend)
+        self.weight_ch = nn.Parameter(torch.empty(3 * hidden_size, device=device, dtype=dtype))
+        bound = 1.0 / hidden_size ** 0.5
+        nn.init.uniform_(self.weight_ch, -bound, bound)
+
+    def _peepholes(self) -> Optional[Tensor]:
+        return self.weight_ch

@@ -1,0 +1,134 @@
+"""Sequence functions: one layer, one direction, a whole sequence per call.
+
+Every function takes the sequence ``x`` of shape (T, B, I) and the layer's weights in torch.nn's
+layout, and returns the output sequence and the final state(s). The input projection
+``x @ w_ih.T + b_ih`` for all T steps is one GEMM here; the recurrence runs inside one compiled
+op (``torch.ops.fused_rnn.*``), so there is no per-step Python.
+
+Shapes (G = gates per cell: Elman 1, GRU 3, LSTM 4; P = proj_size or H):
+    x        (T, B, I)
+    h0       (B, P)          c0 (B, H)
+    w_ih     (G*H, I)        w_hh (G*H, P)        b_ih, b_hh (G*H,)
+    w_ch     (3*H,)          peepholes of gates i, f, o
+    w_hr     (P, H)          LSTM projection
+    lengths  (B,) integer, values in [0, T]; None means every sequence has length T.
+    returns  y (T, B, P) with zeros at t >= lengths[b]; h_n (B, P); c_n (B, H)
+
+``reverse=True`` runs the sequence backwards in time, each sequence starting from its own last
+valid step ``lengths[b] - 1`` (the reverse half of a bidirectional layer).
+``backend="reference"`` runs fused_rnn.reference instead (the readable pure-PyTorch oracle).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _ops, reference
+
+__all__ = ["rnn", "lstm", "peephole_lstm", "gru"]
+
+_BACKENDS = ("fused", "reference")
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+
+
+def _check_sequence(x: Tensor, h0: Tensor, w_ih: Tensor) -> None:
+    if x.dim() != 3:
+        raise ValueError(f"x must be 3-D (T, B, I), got shape {tuple(x.shape)}")
+    if x.size(2) != w_ih.size(1):
+        raise ValueError(
+            f"x has input size {x.size(2)} but w_ih expects {w_ih.size(1)} (w_ih shape {tuple(w_ih.shape)})")
+    if h0.dim() != 2 or h0.size(0) != x.size(1):
+        raise ValueError(f"h0 must be (B={x.size(1)}, hidden), got shape {tuple(h0.shape)}")
+    if w_ih.dtype != x.dtype:
+        raise ValueError(f"w_ih has dtype {w_ih.dtype} but x has dtype {x.dtype}")
+
+
+def prepare_lengths(lengths: Optional[Tensor], batch: int, steps: int,
+                    device: torch.device) -> Optional[Tensor]:
+    """Validates ``lengths`` and returns it as int64 on ``device`` (one copy, before the loop)."""
+    if lengths is None:
+        return None
+    if not isinstance(lengths, Tensor):
+        lengths = torch.as_tensor(lengths)
+    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+        raise ValueError(f"lengths must be an integer tensor, got dtype {lengths.dtype}")
+    if lengths.dim() != 1 or lengths.numel() != batch:
+        raise ValueError(f"lengths must be 1-D with one entry per sequence (B={batch}), "
+                         f"got shape {tuple(lengths.shape)}")
+    if batch > 0:
+        low, high = torch.aminmax(lengths)
+        if int(low) < 0 or int(high) > steps:
+            raise ValueError(f"lengths must lie in [0, T={steps}], got values in [{int(low)}, {int(high)}]")
+    return lengths.to(device=device, dtype=torch.int64, non_blocking=True).contiguous()
+
+
+def _project_input(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor]) -> Tensor:
+    """x (T, B, I) -> x @ w_ih.T + b_ih, shape (T, B, G*H): one GEMM for all steps."""
+    steps, batch, _ = x.shape
+    flat = x.reshape(steps * batch, x.size(2))
+    proj = torch.addmm(b_ih, flat, w_ih.t()) if b_ih is not None else flat @ w_ih.t()
+    return proj.view(steps, batch, w_ih.size(0))
+
+
+def rnn(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
+        b_hh: Optional[Tensor] = None, *, nonlinearity: str = "tanh", lengths: Optional[Tensor] = None,
+        reverse: bool = False, backend: str = "fused") -> Tuple[Tensor, Tensor]:
+    """Elman RNN: h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu. Returns (y, h_n)."""
+    _check_backend(backend)
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    if backend == "reference":
+        return reference.rnn(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity=nonlinearity,
+                             lengths=lengths, reverse=reverse)
+    _check_sequence(x, h0, w_ih)
+    lengths = prepare_lengths(lengths, x.size(1), x.size(0), x.device)
+    x_proj = _project_input(x, w_ih, b_ih)
+    return _ops.elman(x_proj, h0, w_hh, b_hh, lengths, reverse, nonlinearity == "relu")
+
+
+def lstm(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
+         b_hh: Optional[Tensor] = None, *, w_hr: Optional[Tensor] = None,
+         lengths: Optional[Tensor] = None, reverse: bool = False,
+         backend: str = "fused") -> Tuple[Tensor, Tensor, Tensor]:
+    """LSTM (gate order i, f, g, o), optional projection w_hr. Returns (y, h_n, c_n)."""
+    return peephole_lstm(x, h0, c0, w_ih, w_hh, None, b_ih, b_hh, w_hr=w_hr, lengths=lengths,
+                         reverse=reverse, backend=backend)
+
+
+def peephole_lstm(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, w_ch: Optional[Tensor],
+                  b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None, *,
+                  w_hr: Optional[Tensor] = None, lengths: Optional[Tensor] = None,
+                  reverse: bool = False, backend: str = "fused") -> Tuple[Tensor, Tensor, Tensor]:
+    """LSTM with diagonal peepholes w_ch = (p_i, p_f, p_o), each (H,):
+    i = σ(a_i + p_i⊙c), f = σ(a_f + p_f⊙c), c' = f⊙c + i⊙g, o = σ(a_o + p_o⊙c'), h' = o⊙tanh(c').
+    ``w_ch=None`` is the plain LSTM. Returns (y, h_n, c_n)."""
+    _check_backend(backend)
+    if backend == "reference":
+        return reference.peephole_lstm(x, h0, c0, w_ih, w_hh, w_ch, b_ih, b_hh, w_hr=w_hr,
+                                       lengths=lengths, reverse=reverse)
+    _check_sequence(x, h0, w_ih)
+    lengths = prepare_lengths(lengths, x.size(1), x.size(0), x.device)
+    x_proj = _project_input(x, w_ih, b_ih)
+    return _ops.lstm(x_proj, h0, c0, w_hh, b_hh, w_ch, w_hr, lengths, reverse)
+
+
+def gru(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
+        b_hh: Optional[Tensor] = None, *, reset_after: bool = True, lengths: Optional[Tensor] = None,
+        reverse: bool = False, backend: str = "fused") -> Tuple[Tensor, Tensor]:
+    """GRU (gate order r, z, n). reset_after=True is torch/cuDNN's
+    n = tanh(W_in x + b_in + r⊙(W_hn h + b_hn)); reset_after=False is the original (TF GRUCell)
+    n = tanh(W_in x + b_in + W_hn (r⊙h) + b_hn). h' = (1-z)⊙n + z⊙h. Returns (y, h_n)."""
+    _check_backend(backend)
+    if backend == "reference":
+        return reference.gru(x, h0, w_ih, w_hh, b_ih, b_hh, reset_after=reset_after,
+                             lengths=lengths, reverse=reverse)
+    _check_sequence(x, h0, w_ih)
+    lengths = prepare_lengths(lengths, x.size(1), x.size(0), x.device)
+    x_proj = _project_input(x, w_ih, b_ih)
+    return _ops.gru(x_proj, h0, w_hh, b_hh, lengths, reverse, reset_after)

@@ -1,0 +1,317 @@
+"""Drop-in replacements for torch.nn.RNN, LSTM and GRU (plus a peephole LSTM).
+
+The modules subclass ``torch.nn.RNNBase``, so parameter creation, names, shapes, registration
+order, initialisation, ``all_weights``, ``extra_repr`` and (un)pickling are torch's own code and
+state_dicts load both ways. What is replaced is everything that runs: ``forward`` calls one
+``fused_rnn.functional`` sequence function per layer and direction (the time loop lives in the
+compiled op), and ``flatten_parameters`` is a no-op because no cuDNN weight buffer exists.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from . import _packing, functional
+
+__all__ = ["RNN", "LSTM", "GRU", "PeepholeLSTM"]
+
+_BACKENDS = ("fused", "reference")
+
+_COMMON_DOC = """
+    Arguments as in torch.nn, plus these keyword-only ones:
+
+    input_dropout: probability of zeroing an element of each layer's input (variational dropout,
+        Gal & Ghahramani 2016; the TF ``DropoutWrapper(input_keep_prob=, variational_recurrent=True)``
+        done right). One mask of shape (1, B, features) is drawn per forward call and layer, and
+        held across all time steps; survivors are scaled by 1 / (1 - p). Both directions of a
+        bidirectional layer see the same dropped input. Default 0.
+    output_dropout: the same for each layer's output sequence, the last layer included (after
+        concatenating the directions; the returned final states are not dropped). Default 0.
+        Both are active only in ``train()`` mode; ``eval()`` is deterministic. They combine with
+        torch's ``dropout`` (a fresh mask at every step, between layers only), which comes after
+        ``output_dropout``.
+    backend: ``"fused"`` (the compiled kernels, default) or ``"reference"`` (fused_rnn.reference,
+        the readable pure-PyTorch oracle); see fused_rnn.functional.
+
+    ``forward(input, hx=None, lengths=None)`` takes what torch's forward takes, plus ``lengths``:
+    a 1-D integer tensor (CPU or the input's device), one entry in [0, T] per sequence (for
+    unbatched input, one entry or a scalar), that masks padded input: the result is exactly
+    pack_padded_sequence -> torch module -> pad_packed_sequence(total_length=T). Outputs past a
+    sequence's length are 0, its final state is the state after its last valid step, and the
+    reverse direction starts at that step. ``lengths`` must be None for a PackedSequence input.
+"""
+
+
+def _check_probability(name: str, p) -> float:
+    if isinstance(p, bool) or not isinstance(p, numbers.Number) or not 0 <= p <= 1:
+        raise ValueError(f"{name} must be a number in [0, 1] (the probability of an element being "
+                         f"zeroed), got {p!r}")
+    return float(p)
+
+
+def _variational_dropout(x: Tensor, p: float) -> Tensor:
+    """x (T, B, F) times one inverted-dropout mask (1, B, F) shared by all time steps."""
+    mask = F.dropout(x.new_ones((1,) + tuple(x.shape[1:])), p, training=True)
+    return x * mask
+
+
+class _FusedRNNBase(nn.RNNBase):
+    """Shared forward: input normalisation, checks, layers, directions, dropout, packing."""
+
+    _num_states = 1  # 1: hx is a tensor h; 2 (LSTM): hx is a tuple (h, c)
+
+    def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int, bias: bool,
+                 batch_first: bool, dropout: float, bidirectional: bool, proj_size: int, device,
+                 dtype, input_dropout: float, output_dropout: float, backend: str) -> None:
+        if backend not in _BACKENDS:
+            raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, proj_size, device=device, dtype=dtype)
+        self.input_dropout = _check_probability("input_dropout", input_dropout)
+        self.output_dropout = _check_probability("output_dropout", output_dropout)
+        self.backend = backend
+
+    def flatten_parameters(self) -> None:
+        """No-op: the fused kernels use the parameters where they are (no cuDNN weight buffer)."""
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        if self.input_dropout != 0:
+            s += f", input_dropout={self.input_dropout}"
+        if self.output_dropout != 0:
+            s += f", output_dropout={self.output_dropout}"
+        if self.backend != "fused":
+            s += f", backend={self.backend!r}"
+        return s
+
+    # --- per-layer weights and the one op call per layer and direction ------------------------
+
+    def _weight(self, name: str, layer: int, direction: int) -> Optional[Tensor]:
+        return getattr(self, f"{name}_l{layer}{'_reverse' if direction else ''}")
+
+    def _weights(self, layer: int, direction: int) -> Tuple[Optional[Tensor], ...]:
+        """(w_ih, w_hh, b_ih, b_hh) of one layer and direction; biases None when bias=False."""
+        w_ih = self._weight("weight_ih", layer, direction)
+        w_hh = self._weight("weight_hh", layer, direction)
+        if not self.bias:
+            return w_ih, w_hh, None, None
+        return w_ih, w_hh, self._weight("bias_ih", layer, direction), self._weight("bias_hh", layer, direction)
+
+    def _run(self, x: Tensor, state: Sequence[Tensor], layer: int, direction: int,
+             lengths: Optional[Tensor]) -> Tuple[Tensor, ...]:
+        """One layer, one direction, whole sequence: returns (y, *final_state)."""
+        raise NotImplementedError
+
+    # --- forward -------------------------------------------------------------------------------
+
+    def _state_sizes(self) -> Tuple[int, ...]:
+        """Feature size of each state tensor: (H,) or, for the LSTM, (P or H, H)."""
+        h = self.proj_size or self.hidden_size
+        return (h,) if self._num_states == 1 else (h, self.hidden_size)
+
+    def _initial_state(self, hx, x: Tensor, is_batched: bool) -> List[Tensor]:
+        """hx as given by the user -> list of state tensors (L*D, B, size), checked."""
+        num_directions = 2 if self.bidirectional else 1
+        batch = x.size(1)
+        expected = [(self.num_layers * num_directions, batch, size) for size in self._state_sizes()]
+        if hx is None:
+            return [x.new_zeros(shape) for shape in expected]
+        if self._num_states == 1:
+            if not isinstance(hx, Tensor):
+                raise TypeError(f"hx must be a Tensor, got {type(hx).__name__}")
+            states = [hx]
+        else:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2 or not all(isinstance(s, Tensor) for s in hx):
+                raise TypeError("hx must be a tuple (h_0, c_0) of two Tensors")
+            states = list(hx)
+        dims = 3 if is_batched else 2
+        if any(s.dim() != dims for s in states):
+            got = ", ".join(f"{s.dim()}-D" for s in states)
+            kind = "batched 3-D" if is_batched else "unbatched 2-D"
+            raise RuntimeError(f"For {kind} input, hx should also be {dims}-D but got ({got}) tensor(s)")
+        if not is_batched:
+            states = [s.unsqueeze(1) for s in states]
+        for k, (s, shape) in enumerate(zip(states, expected)):
+            name = "hx" if self._num_states == 1 else f"hx[{k}]"
+            if tuple(s.shape) != shape:
+                raise RuntimeError(f"Expected {name} size {shape}, got {list(s.shape)}")
+            if s.dtype != x.dtype:
+                raise RuntimeError(f"{name} has dtype {s.dtype} but the input has dtype {x.dtype}")
+        return states
+
+    def forward(self, input, hx=None, lengths: Optional[Tensor] = None):
+        name = type(self).__name__
+        packed = input if isinstance(input, PackedSequence) else None
+        if packed is not None:
+            if lengths is not None:
+                raise ValueError("lengths must be None when the input is a PackedSequence "
+                                 "(it carries its own lengths)")
+            self.check_input(packed.data, packed.batch_sizes)  # dtype (ValueError), 2-D, input size
+            index, lengths = _packing.packed_layout(packed)
+            x = _packing.unpack(packed, index)
+            is_batched = True
+        else:
+            if not isinstance(input, Tensor):
+                raise TypeError(f"{name}: input must be a Tensor or a PackedSequence, got {type(input).__name__}")
+            if input.dim() not in (2, 3):
+                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
+            is_batched = input.dim() == 3
+            if not is_batched:
+                x = input.unsqueeze(1)
+            else:
+                x = input.transpose(0, 1) if self.batch_first else input
+            self.check_input(x, None)  # dtype (ValueError), input size (RuntimeError)
+            if lengths is not None:
+                lengths = torch.as_tensor(lengths)
+                if not is_batched and lengths.dim() == 0:
+                    lengths = lengths.reshape(1)
+                # Checked once here (values in [0, T], one per sequence); stays on its device.
+                lengths = functional.prepare_lengths(lengths, x.size(1), x.size(0), lengths.device)
+        state = self._initial_state(hx, x, is_batched)
+
+        num_directions = 2 if self.bidirectional else 1
+        dropping = self.training
+        final: List[List[Tensor]] = [[] for _ in state]
+        layer_input = x
+        for layer in range(self.num_layers):
+            if dropping and self.input_dropout > 0:
+                layer_input = _variational_dropout(layer_input, self.input_dropout)
+            outputs = []
+            for direction in range(num_directions):
+                index_ld = layer * num_directions + direction
+                y, *last = self._run(layer_input, [s[index_ld] for s in state], layer, direction, lengths)
+                outputs.append(y)
+                for k, s in enumerate(last):
+                    final[k].append(s)
+            layer_output = outputs[0] if num_directions == 1 else torch.cat(outputs, dim=2)
+            if dropping and self.output_dropout > 0:
+                layer_output = _variational_dropout(layer_output, self.output_dropout)
+            if dropping and self.dropout > 0 and layer < self.num_layers - 1:
+                layer_output = F.dropout(layer_output, self.dropout, training=True)
+            layer_input = layer_output
+        output = layer_input
+        states = [torch.stack(s) for s in final]
+
+        if packed is not None:
+            output = _packing.pack_like(output, packed, index)
+        elif not is_batched:
+            output = output.squeeze(1)
+            states = [s.squeeze(1) for s in states]
+        elif self.batch_first:
+            output = output.transpose(0, 1)
+        return output, (states[0] if self._num_states == 1 else tuple(states))
+
+
+class RNN(_FusedRNNBase):
+    __doc__ = """Multi-layer Elman RNN, h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), act tanh
+    or relu: a drop-in torch.nn.RNN (same arguments, parameters, state_dict, inputs and outputs).
+    """ + _COMMON_DOC
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
+                 dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None, *,
+                 input_dropout: float = 0.0, output_dropout: float = 0.0,
+                 backend: str = "fused") -> None:
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+        mode = "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
+        super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, device, dtype, input_dropout, output_dropout, backend)
+        self.nonlinearity = nonlinearity
+
+    def _run(self, x, state, layer, direction, lengths):
+        return functional.rnn(x, state[0], *self._weights(layer, direction),
+                              nonlinearity=self.nonlinearity, lengths=lengths,
+                              reverse=bool(direction), backend=self.backend)
+
+
+class GRU(_FusedRNNBase):
+    __doc__ = """Multi-layer GRU, gate order r, z, n: a drop-in torch.nn.GRU.
+
+    reset_after: True (default) is torch/cuDNN's GRU, n = tanh(W_in x + b_in + r*(W_hn h + b_hn));
+        False is the original GRU (Cho et al. 2014, TF's GRUCell),
+        n = tanh(W_in x + b_in + W_hn (r*h) + b_hn), with the same parameter names and shapes.
+    """ + _COMMON_DOC
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 reset_after: bool = True, device=None, dtype=None, *, input_dropout: float = 0.0,
+                 output_dropout: float = 0.0, backend: str = "fused") -> None:
+        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, device, dtype, input_dropout, output_dropout, backend)
+        self.reset_after = bool(reset_after)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s if self.reset_after else s + ", reset_after=False"
+
+    def _run(self, x, state, layer, direction, lengths):
+        return functional.gru(x, state[0], *self._weights(layer, direction),
+                              reset_after=self.reset_after, lengths=lengths,
+                              reverse=bool(direction), backend=self.backend)
+
+
+class LSTM(_FusedRNNBase):
+    __doc__ = """Multi-layer LSTM, gate order i, f, g, o, optional projection (proj_size): a drop-in
+    torch.nn.LSTM. hx and the returned state are tuples (h, c), h of size proj_size if > 0.
+    """ + _COMMON_DOC
+
+    _num_states = 2
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 proj_size: int = 0, device=None, dtype=None, *, input_dropout: float = 0.0,
+                 output_dropout: float = 0.0, backend: str = "fused") -> None:
+        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, proj_size, device, dtype, input_dropout, output_dropout, backend)
+
+    def _peepholes(self, layer: int, direction: int) -> Optional[Tensor]:
+        return None
+
+    def _run(self, x, state, layer, direction, lengths):
+        w_ih, w_hh, b_ih, b_hh = self._weights(layer, direction)
+        w_hr = self._weight("weight_hr", layer, direction) if self.proj_size > 0 else None
+        return functional.peephole_lstm(x, state[0], state[1], w_ih, w_hh,
+                                        self._peepholes(layer, direction), b_ih, b_hh, w_hr=w_hr,
+                                        lengths=lengths, reverse=bool(direction),
+                                        backend=self.backend)
+
+
+class PeepholeLSTM(LSTM):
+    __doc__ = """LSTM with diagonal peephole connections (Gers & Schmidhuber 2000; TF's
+    LSTMCell(use_peepholes=True)): i = σ(a_i + p_i*c), f = σ(a_f + p_f*c), c' = f*c + i*g,
+    o = σ(a_o + p_o*c'), h' = o*tanh(c'). Arguments, inputs and outputs as fused_rnn.LSTM; each
+    layer and direction has one more parameter, ``weight_ch_l{k}{_reverse}`` of shape
+    (3*hidden_size,) holding p_i, p_f, p_o, initialised like the others. With it all zero the
+    module computes exactly torch.nn.LSTM (load an nn.LSTM state_dict with strict=False and zero
+    the peepholes).
+    """ + _COMMON_DOC
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 proj_size: int = 0, device=None, dtype=None, *, input_dropout: float = 0.0,
+                 output_dropout: float = 0.0, backend: str = "fused") -> None:
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, proj_size, device, dtype, input_dropout=input_dropout,
+                         output_dropout=output_dropout, backend=backend)
+        bound = 1.0 / hidden_size ** 0.5
+        # One weight_ch per layer and direction, last in its group (after weight_hr).
+        for group in self._all_weights:
+            suffix = group[0][len("weight_ih"):]  # "_l{k}" or "_l{k}_reverse"
+            w_ch = nn.Parameter(torch.empty(3 * hidden_size, device=device, dtype=dtype))
+            nn.init.uniform_(w_ch, -bound, bound)
+            setattr(self, "weight_ch" + suffix, w_ch)
+            group.append("weight_ch" + suffix)
+        self._flat_weights_names = [n for group in self._all_weights for n in group]
+        # Register in layer order too, so parameters() and state_dict() follow all_weights.
+        for n in self._flat_weights_names:
+            self._parameters[n] = self._parameters.pop(n)
+        self._init_flat_weights()
+
+    def _peepholes(self, layer: int, direction: int) -> Optional[Tensor]:
+        return self._weight("weight_ch", layer, direction)

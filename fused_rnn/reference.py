@@ -1,0 +1,205 @@
+"""Pure-PyTorch reference implementation of every cell and of the sequence semantics.
+
+This module is the test oracle for the fused kernels (and the ``backend="reference"`` path of
+``fused_rnn.functional``). It is written to be obviously correct, not fast: one explicit Python
+loop over time, one cell call per step, only out-of-place ops so autograd (and gradcheck) works,
+for any floating dtype on any device.
+
+Conventions (see DESIGN.md; identical to torch.nn where torch has the cell):
+    weights in torch.nn's layout, gate order LSTM i, f, g, o and GRU r, z, n;
+    x (T, B, I), h0 (B, P), c0 (B, H), y (T, B, P), P = proj_size if ``w_hr`` is given else H.
+Half types (float16, bfloat16): every step is computed in float32, the LSTM cell state stays in
+float32 across steps, h is rounded to the input dtype after each step (it feeds the next step's
+GEMM in that dtype) and all outputs are returned in the input dtype.
+Variable lengths: for t >= lengths[b] the output row is 0 and the state is frozen, which is exactly
+pack_padded_sequence -> torch module -> pad_packed_sequence (lengths of 0 allowed).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["rnn_cell", "lstm_cell", "gru_cell", "rnn", "lstm", "peephole_lstm", "gru"]
+
+_HALF_TYPES = (torch.float16, torch.bfloat16)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the math runs in: float32 for half types, the dtype itself otherwise."""
+    return torch.float32 if dtype in _HALF_TYPES else dtype
+
+
+def _cast(dtype: torch.dtype, *tensors: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
+    """Casts each tensor (None passes through); ``.to`` of the same dtype is a no-op for autograd."""
+    return tuple(None if t is None else t.to(dtype) for t in tensors)
+
+
+def _activation(nonlinearity: str) -> Callable[[Tensor], Tensor]:
+    if nonlinearity == "tanh":
+        return torch.tanh
+    if nonlinearity == "relu":
+        return torch.relu
+    raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Cells: one time step. h' is returned in x's dtype; the LSTM's c' in c's dtype, so a sequence
+# that passes a float32 c keeps it in float32 while h is rounded to the half input dtype.
+# ----------------------------------------------------------------------------------------------
+
+def rnn_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
+             b_hh: Optional[Tensor] = None, nonlinearity: str = "tanh") -> Tensor:
+    """Elman cell: h' = act(W_ih x + b_ih + W_hh h + b_hh)."""
+    act = _activation(nonlinearity)
+    out_dtype = x.dtype
+    x, h, w_ih, w_hh, b_ih, b_hh = _cast(_compute_dtype(x.dtype), x, h, w_ih, w_hh, b_ih, b_hh)
+    return act(F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh)).to(out_dtype)
+
+
+def lstm_cell(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
+              b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None,
+              w_ch: Optional[Tensor] = None, w_hr: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """LSTM cell, optionally with diagonal peepholes w_ch = (p_i, p_f, p_o) and projection w_hr.
+
+    i = σ(a_i + p_i⊙c), f = σ(a_f + p_f⊙c), g = tanh(a_g), c' = f⊙c + i⊙g,
+    o = σ(a_o + p_o⊙c'), h' = o⊙tanh(c') (then h' @ w_hr.T with a projection).
+    """
+    h_dtype, c_dtype = x.dtype, c.dtype
+    x, h, c, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr = _cast(
+        _compute_dtype(x.dtype), x, h, c, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr)
+    a_i, a_f, a_g, a_o = (F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh)).chunk(4, dim=1)
+    if w_ch is not None:
+        p_i, p_f, p_o = w_ch.chunk(3)
+        a_i = a_i + p_i * c
+        a_f = a_f + p_f * c
+    c_new = torch.sigmoid(a_f) * c + torch.sigmoid(a_i) * torch.tanh(a_g)
+    if w_ch is not None:
+        a_o = a_o + p_o * c_new  # the output gate peeks at the *new* cell state
+    h_new = torch.sigmoid(a_o) * torch.tanh(c_new)
+    if w_hr is not None:
+        h_new = F.linear(h_new, w_hr)
+    return h_new.to(h_dtype), c_new.to(c_dtype)
+
+
+def gru_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
+             b_hh: Optional[Tensor] = None, reset_after: bool = True) -> Tensor:
+    """GRU cell, h' = (1-z)⊙n + z⊙h with
+    reset_after=True (torch/cuDNN):    n = tanh(W_in x + b_in + r⊙(W_hn h + b_hn));
+    reset_after=False (original, TF):  n = tanh(W_in x + b_in + W_hn (r⊙h) + b_hn).
+    """
+    out_dtype = x.dtype
+    x, h, w_ih, w_hh, b_ih, b_hh = _cast(_compute_dtype(x.dtype), x, h, w_ih, w_hh, b_ih, b_hh)
+    i_r, i_z, i_n = F.linear(x, w_ih, b_ih).chunk(3, dim=1)
+    if reset_after:
+        h_r, h_z, h_n = F.linear(h, w_hh, b_hh).chunk(3, dim=1)
+        r = torch.sigmoid(i_r + h_r)
+        n = torch.tanh(i_n + r * h_n)
+    else:
+        # r is needed before the candidate's recurrent GEMM, which acts on r⊙h: split W_hh by gate.
+        w_r, w_z, w_n = w_hh.chunk(3)
+        b_r, b_z, b_n = (None, None, None) if b_hh is None else b_hh.chunk(3)
+        h_r, h_z = F.linear(h, w_r, b_r), F.linear(h, w_z, b_z)
+        r = torch.sigmoid(i_r + h_r)
+        n = torch.tanh(i_n + F.linear(r * h, w_n, b_n))
+    z = torch.sigmoid(i_z + h_z)
+    return ((1 - z) * n + z * h).to(out_dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sequences: the time loop and the variable-length masking, shared by every cell.
+# ----------------------------------------------------------------------------------------------
+
+_Step = Callable[[Tensor, Tuple[Tensor, ...]], Tuple[Tensor, ...]]
+
+
+def _valid_lengths(lengths, batch: int, steps: int, device: torch.device) -> Optional[Tensor]:
+    """lengths (list or integer tensor on any device) -> int64 tensor on ``device``, checked."""
+    if lengths is None:
+        return None
+    lengths = torch.as_tensor(lengths, device=device)
+    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+        raise ValueError(f"lengths must be integers, got dtype {lengths.dtype}")
+    if lengths.shape != (batch,):
+        raise ValueError(f"lengths must have shape ({batch},), got {tuple(lengths.shape)}")
+    if batch > 0 and (int(lengths.min()) < 0 or int(lengths.max()) > steps):
+        raise ValueError(f"lengths must lie in [0, T={steps}]")
+    return lengths.long()
+
+
+def _scan(step: _Step, x: Tensor, state: Sequence[Tensor], lengths, reverse: bool
+          ) -> Tuple[Tensor, Tuple[Tensor, ...]]:
+    """Runs ``step(x_t, state) -> state'`` over time; state[0] is the output h.
+
+    Returns y (T, B, P) and the final state. A step is valid for sequence b when t < lengths[b];
+    invalid steps keep the state and emit zeros. In reverse the invalid steps come first, so each
+    sequence starts from its initial state at its own last valid step, like torch's packed reverse.
+    """
+    steps, batch = x.shape[:2]
+    lengths = _valid_lengths(lengths, batch, steps, x.device)
+    state = tuple(state)
+    ys = []
+    for t in (reversed(range(steps)) if reverse else range(steps)):
+        new_state = step(x[t], state)
+        out = new_state[0]
+        if lengths is None:
+            state = new_state
+        else:
+            valid = (t < lengths).unsqueeze(1)  # (B, 1), broadcasts over the hidden units
+            state = tuple(torch.where(valid, new, old) for new, old in zip(new_state, state))
+            out = torch.where(valid, out, torch.zeros_like(out))
+        ys.append(out)
+    if reverse:
+        ys.reverse()  # y[t] belongs to time t in either direction
+    y = torch.stack(ys) if ys else state[0].new_empty((0,) + tuple(state[0].shape))
+    return y, state
+
+
+def rnn(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
+        b_hh: Optional[Tensor] = None, *, nonlinearity: str = "tanh", lengths: Optional[Tensor] = None,
+        reverse: bool = False) -> Tuple[Tensor, Tensor]:
+    """Elman RNN over a sequence. Returns (y, h_n)."""
+    _activation(nonlinearity)  # reject a bad name even when T == 0
+
+    def step(x_t, state):
+        return (rnn_cell(x_t, state[0], w_ih, w_hh, b_ih, b_hh, nonlinearity),)
+
+    y, (h_n,) = _scan(step, x, (h0,), lengths, reverse)
+    return y, h_n
+
+
+def peephole_lstm(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, w_ch: Optional[Tensor],
+                  b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None, *,
+                  w_hr: Optional[Tensor] = None, lengths: Optional[Tensor] = None,
+                  reverse: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+    """LSTM with diagonal peepholes w_ch (None = plain LSTM). Returns (y, h_n, c_n)."""
+
+    def step(x_t, state):
+        return lstm_cell(x_t, state[0], state[1], w_ih, w_hh, b_ih, b_hh, w_ch, w_hr)
+
+    # Half inputs: the cell state is carried in float32 and rounded only when returned.
+    c_start = c0.to(_compute_dtype(c0.dtype))
+    y, (h_n, c_n) = _scan(step, x, (h0, c_start), lengths, reverse)
+    return y, h_n, c_n.to(c0.dtype)
+
+
+def lstm(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
+         b_hh: Optional[Tensor] = None, *, w_hr: Optional[Tensor] = None,
+         lengths: Optional[Tensor] = None, reverse: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+    """LSTM (gate order i, f, g, o), optional projection w_hr. Returns (y, h_n, c_n)."""
+    return peephole_lstm(x, h0, c0, w_ih, w_hh, None, b_ih, b_hh, w_hr=w_hr, lengths=lengths,
+                         reverse=reverse)
+
+
+def gru(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
+        b_hh: Optional[Tensor] = None, *, reset_after: bool = True, lengths: Optional[Tensor] = None,
+        reverse: bool = False) -> Tuple[Tensor, Tensor]:
+    """GRU (gate order r, z, n), either reset_after variant. Returns (y, h_n)."""
+
+    def step(x_t, state):
+        return (gru_cell(x_t, state[0], w_ih, w_hh, b_ih, b_hh, reset_after),)
+
+    y, (h_n,) = _scan(step, x, (h0,), lengths, reverse)
+    return y, h_n

@@ -1,0 +1,100 @@
+"""Builds fused_rnn._C with torch.utils.cpp_extension.
+
+CPU kernels are always built. The CUDA kernels are built when nvcc and a CUDA build of torch are
+both present; FUSED_RNN_CUDA=0 or 1 forces either way. TORCH_CUDA_ARCH_LIST picks the GPU
+architectures (default when no GPU is visible: 8.0 and 9.0 with PTX); MAX_JOBS bounds ninja.
+Install with `pip install --no-build-isolation -e .` (the build compiles against the torch you
+have installed).
+"""
+import glob
+import os
+import shutil
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _find_cuda_home():
+    """The CUDA toolkit root. torch guesses it from the nvcc on PATH, which breaks when that
+    nvcc is a wrapper script outside the toolkit (e.g. /usr/local/bin/nvcc): look for the
+    directory that really holds bin/nvcc and include/cuda_runtime.h."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    candidates += ["/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    for root in candidates:
+        if root and os.path.isfile(os.path.join(root, "bin", "nvcc")) and os.path.isfile(
+                os.path.join(root, "include", "cuda_runtime.h")):
+            return root
+    return None
+
+
+_cuda_home = _find_cuda_home()
+if _cuda_home:
+    # Must be set before torch.utils.cpp_extension is imported: it reads CUDA_HOME at import.
+    os.environ["CUDA_HOME"] = _cuda_home
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+
+def _want_cuda():
+    forced = os.environ.get("FUSED_RNN_CUDA")
+    available = _cuda_home is not None and torch.version.cuda is not None
+    if forced == "1":
+        if not available:
+            sys.exit("FUSED_RNN_CUDA=1 but no CUDA toolkit (nvcc) or no CUDA build of torch was found")
+        return True
+    if forced == "0":
+        return False
+    return available
+
+
+def _pip_cuda_include_dirs():
+    """Headers that a pip-installed CUDA torch ships beside it (cuBLAS, cuSPARSE, ...). A minimal
+    system toolkit may lack them while ATen/cuda/CUDAContext.h includes them."""
+    site = os.path.dirname(os.path.dirname(torch.__file__))
+    dirs = []
+    for include in sorted(glob.glob(os.path.join(site, "nvidia", "*", "include"))):
+        if glob.glob(os.path.join(include, "cublas*.h")):
+            dirs.append(include)
+    return dirs
+
+
+def _set_default_arch_list():
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return
+    if torch.cuda.is_available():
+        return  # torch builds for the visible GPUs
+    os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
+
+
+def _extension():
+    cpp_sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) +
+                         glob.glob(os.path.join("csrc", "sequence", "*.cpp")) +
+                         glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    include_dirs = [os.path.join(ROOT, "csrc", "include")]
+    # The C++ standard is the one torch asks for (C++17 up to 2.9, C++20 after): not set here.
+    cxx_flags = ["-O3"]
+    if not _want_cuda():
+        return CppExtension("fused_rnn._C", cpp_sources, include_dirs=include_dirs,
+                            extra_compile_args={"cxx": cxx_flags})
+    _set_default_arch_list()
+    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")) +
+                          glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+    return CUDAExtension(
+        "fused_rnn._C", cpp_sources + cuda_sources,
+        include_dirs=include_dirs + _pip_cuda_include_dirs(),
+        define_macros=[("FUSED_RNN_WITH_CUDA", None)],
+        extra_compile_args={"cxx": cxx_flags,
+                            "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]})
+
+
+setup(
+    packages=find_packages(include=["fused_rnn", "fused_rnn.*"]),
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": BuildExtension},
+)
