@@ -144,6 +144,9 @@ class Contender:
     def build(self, case: Case) -> Built:
         raise NotImplementedError
 
+    def failed(self, error: BaseException) -> None:
+        """Told when a call of this contender raised; most need not care."""
+
 
 class Fused(Contender):
     name = "fused"
@@ -229,8 +232,17 @@ class Compiled(Contender):
     def __init__(self, first_call_timeout: Optional[float]):
         # The first call compiles; one that takes longer than this is abandoned and recorded.
         self.first_call_timeout = first_call_timeout
+        self.abandoned: Optional[str] = None
+
+    def failed(self, error: BaseException) -> None:
+        # A compilation cut short by the deadline can leave inductor's global registries half
+        # written, and every later compilation in this process then fails for that reason.
+        if "took longer than" in str(error):
+            self.abandoned = f"an earlier compilation was abandoned ({self.first_call_timeout:g} s limit)"
 
     def build(self, case: Case) -> Built:
+        if self.abandoned:
+            raise Skip("skipped", self.abandoned)
         # A fresh cache per case: dynamo's per-function cache would otherwise hit its recompile
         # limit across shapes and dtypes and fall back to eager without a word.
         torch._dynamo.reset()

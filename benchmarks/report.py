@@ -40,9 +40,9 @@ class ResultLog:
         self.checks.append(record)
         self.write()
 
-    def finish(self) -> None:
+    def finish(self, complete: bool = True) -> None:
         self.document["speedups"] = speedups(self.results)
-        self.document["complete"] = True
+        self.document["complete"] = complete  # False: interrupted, the plan was not run to the end
         self.write()
 
     def write(self) -> None:
@@ -116,15 +116,20 @@ def format_table(results: List[Dict[str, Any]], checks: List[Dict[str, Any]], co
     failed_checks = {(c["workload"], c["cell"], c["dtype"], c["contender"]) for c in checks if not c["ok"]}
     summary = {case_key(row): row for row in speedups(results)}
     show_memory = any(r.get("peak_memory_bytes") is not None for r in results)
+    # The ratio columns that this run can fill: (title, how to read it off a speedups row).
+    ratios = []
+    if "fused" in contenders and "torch.nn" in contenders:
+        ratios.append(("fused vs torch.nn", lambda row: row["vs_torch.nn"].get("fused")))
+    if "fused" in contenders and "reference" in contenders:
+        ratios.append(("fused vs reference", lambda row: row["fused_vs_reference"]))
+    if "fused" in contenders and "torch.nn" in contenders and show_memory:
+        ratios.append(("fused mem / torch.nn", lambda row: row["fused_memory_vs_torch.nn"]))
     header = ["workload", "cell", "dtype", "mode"] + [f"{name} ms" for name in contenders]
-    header += ["fused vs torch.nn", "fused vs reference"] + (["fused mem / torch.nn"] if show_memory else [])
+    header += [title for title, _ in ratios]
     rows = [header]
     for key, by_contender in _by_case(results).items():
         row = list(key) + [_time_cell(by_contender.get(name), failed_checks) for name in contenders]
-        row += [_speedup_cell(summary[key]["vs_torch.nn"].get("fused")),
-                _speedup_cell(summary[key]["fused_vs_reference"])]
-        if show_memory:
-            row.append(_speedup_cell(summary[key]["fused_memory_vs_torch.nn"]))
+        row += [_speedup_cell(read(summary[key])) for _, read in ratios]
         rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) if i < 4 else cell.rjust(width)
@@ -148,7 +153,7 @@ def format_table(results: List[Dict[str, Any]], checks: List[Dict[str, Any]], co
 # ---------------------------------------------------------------------------------------------
 # Plot
 
-def plot_speedups(results: List[Dict[str, Any]], path: Path) -> str:
+def plot_speedups(results: List[Dict[str, Any]], path: Path, title: str = "") -> str:
     """Horizontal bars, log scale: each contender's speedup over torch.nn, and fused's over the
     reference loop. Returns a line for the terminal; matplotlib is optional."""
     try:
@@ -173,7 +178,8 @@ def plot_speedups(results: List[Dict[str, Any]], path: Path) -> str:
     if not panels:
         return "plot skipped: no speedup to plot (torch.nn and fused/reference results needed)"
 
-    height = max(len(p[1]) for p in panels) * 0.3 * max(1, len(contenders) / 2) + 1.5
+    bars_per_row = max(len(names) for _, _, names in panels)
+    height = max(len(data) for _, data, _ in panels) * (0.15 * bars_per_row + 0.15) + 1.8
     figure, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), height), squeeze=False)
     colors = {"fused": "tab:green", "reference": "tab:gray", "compiled": "tab:orange"}
     for axis, (title, data, names) in zip(axes[0], panels):
@@ -190,6 +196,8 @@ def plot_speedups(results: List[Dict[str, Any]], path: Path) -> str:
         axis.set_title(title)
         axis.set_xlabel("x (> 1: faster)")
         axis.legend(fontsize=7)
+    if title:
+        figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

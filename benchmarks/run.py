@@ -116,9 +116,9 @@ def build_plan(args: argparse.Namespace) -> suite.Plan:
         budget=budget, loops_everywhere=args.loops_everywhere, check=args.check, seed=args.seed)
 
 
-def _settings(args: argparse.Namespace, plan: suite.Plan) -> dict:
+def _settings(argv: List[str], args: argparse.Namespace, plan: suite.Plan) -> dict:
     return {
-        "argv": sys.argv[1:] if args is not None else [],
+        "argv": argv,
         "preset": "full" if args.full else "quick",
         "cells": [c.name for c in plan.cells],
         "workloads": [w.name for w in plan.workloads],
@@ -134,7 +134,13 @@ def _settings(args: argparse.Namespace, plan: suite.Plan) -> dict:
     }
 
 
+def _plot_title(env: dict) -> str:
+    where = env.get("gpu") or env.get("cpu") or env.get("device")
+    return f"fused_rnn benchmarks on {where}, torch {env.get('torch')}, {env.get('date')}"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     try:
         plan = build_plan(args)
@@ -151,18 +157,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out_dir = args.out or RESULTS_DIR
     stem = f"{environment.device_slug(plan.device)}_{stamp}"
-    log = report.ResultLog(out_dir / f"{stem}.json", environment.collect(plan.device), _settings(args, plan),
+    env = environment.collect(plan.device)
+    log = report.ResultLog(out_dir / f"{stem}.json", env, _settings(argv, args, plan),
                            {w.name: w.to_json() for w in plan.workloads})
     print(f"{plan.size} measurements on {plan.device}; writing {log.path}", file=sys.stderr)
+    complete = False
     try:
         suite.run(plan, log)
+        complete = True
+    except KeyboardInterrupt:
+        print("interrupted: reporting what was measured", file=sys.stderr)
     finally:
-        # Even when interrupted: the table and plot of what was measured.
-        log.finish()
+        # Also after an interruption or a crash: the table and plot of what was measured.
+        log.finish(complete)
         print(report.format_table(log.results, log.checks, [c.name for c in plan.contenders]))
         print(f"\nresults: {log.path}")
         if not args.no_plot:
-            print(report.plot_speedups(log.results, out_dir / f"{stem}.png"))
+            print(report.plot_speedups(log.results, out_dir / f"{stem}.png", _plot_title(env)))
     measured = sum(r["status"] == "ok" for r in log.results)
     return 0 if measured else 1
 

@@ -20,7 +20,7 @@ from .cells import Cell
 from .contenders import Built, Contender, Skip
 from .inputs import Case, make_case
 from .report import ResultLog
-from .timing import Budget, measure
+from .timing import Budget, deadline, measure
 from .workloads import Workload
 
 MODES = ("inference", "training")
@@ -63,7 +63,10 @@ def _call(built: Built, x: Tensor, mode: str) -> Callable[[], Any]:
 
 
 def _error_text(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}".strip()
+    # One line: torch's messages run over several, with advice on verbose logging (the traceback
+    # is kept separately in the JSON).
+    lines = [line.strip() for line in f"{type(error).__name__}: {error}".splitlines()]
+    return " ".join(line for line in lines if line and not line.startswith("Set TORCHDYNAMO_VERBOSE"))
 
 
 def _release(device: torch.device) -> None:
@@ -106,13 +109,13 @@ class Runner:
             _release(plan.device)
             return
 
+        if plan.check:
+            self._check(case, base)
+
         built: Dict[str, Built] = {}
         for contender in plan.contenders:
             try:
-                if contender.slow and not (workload.loop_friendly or plan.loops_everywhere):
-                    raise Skip("skipped", "a Python loop over time, slow on this workload "
-                                          "(--loops-everywhere times it anyway)")
-                built[contender.name] = contender.build(case)
+                built[contender.name] = self._build(contender, case)
             except Skip as skip:
                 for mode in plan.modes:
                     self._record(base, contender, mode, skip.status, reason=str(skip))
@@ -120,9 +123,6 @@ class Runner:
                 for mode in plan.modes:
                     self._record(base, contender, mode, "error", error=f"build: {_error_text(error)}",
                                  traceback=traceback.format_exc(limit=8))
-
-        if plan.check:
-            self._check(case, built, base)
 
         by_name = {c.name: c for c in plan.contenders}
         for mode in plan.modes:
@@ -133,6 +133,7 @@ class Runner:
                     timing = measure(_call(contender_built, case.x, mode), plan.device, plan.budget,
                                      contender.first_call_timeout)
                 except Exception as error:
+                    contender.failed(error)
                     self._record(base, contender, mode, "error", contender_built.impl, error=_error_text(error),
                                  traceback=traceback.format_exc(limit=8))
                     _release(plan.device)
@@ -141,7 +142,22 @@ class Runner:
         del built, case
         _release(plan.device)
 
-    def _check(self, case: Case, built: Dict[str, Built], base: Dict[str, str]) -> None:
+    def _build(self, contender: Contender, case: Case) -> Built:
+        if contender.slow and not (case.workload.loop_friendly or self.plan.loops_everywhere):
+            raise Skip("skipped", "a Python loop over time, slow on this workload "
+                                  "(--loops-everywhere times it anyway)")
+        return contender.build(case)
+
+    def _check(self, case: Case, base: Dict[str, str]) -> None:
+        # Contenders of its own, so the timed ones still meet their first call (lazy
+        # initialisation, compilation) in the timing. What does not build is left to the timing
+        # pass to report.
+        built: Dict[str, Built] = {}
+        for contender in self.plan.contenders:
+            try:
+                built[contender.name] = self._build(contender, case)
+            except Exception:
+                continue
         baseline_name = next((n for n in ("torch.nn", "reference") if n in built), None)
         if baseline_name is None:
             return
@@ -151,17 +167,21 @@ class Runner:
             self.log.add_check(dict(base, contender=baseline_name, baseline=baseline_name, ok=False,
                                     error=f"baseline raised: {_error_text(error)}"))
             return
+        by_name = {c.name: c for c in self.plan.contenders}
         for name, candidate in built.items():
             if name == baseline_name:
                 continue
             try:
-                verdict = correctness.compare(correctness.outputs(candidate, case.x), expected, case.dtype_name)
+                with deadline(by_name[name].first_call_timeout):
+                    result = correctness.outputs(candidate, case.x)
+                verdict = correctness.compare(result, expected, case.dtype_name)
             except Exception as error:
+                by_name[name].failed(error)
                 verdict = {"ok": False, "error": _error_text(error)}
             self.log.add_check(dict(base, contender=name, baseline=baseline_name, **verdict))
             if not verdict["ok"]:
                 self.progress(f"check FAILED {'/'.join(base.values())} {name} vs {baseline_name}: {verdict}")
-        del expected
+        del built, expected
         _release(case.device)
 
 

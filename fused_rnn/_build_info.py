@@ -14,7 +14,11 @@ def build_info() -> Dict[str, Any]:
         info.update(kernels_loaded=False, load_error=str(_ops.LOAD_ERROR), cuda_compiled=False)
         return info
     info.update(kernels_loaded=True, **_ops.compiled_build_info())
-    archs = info.get("cuda_archs") or ""
-    # nvcc's list is compute capabilities times 10 (e.g. "800,900" -> ["8.0", "9.0"]).
-    info["cuda_archs"] = [f"{int(a) // 10}.{int(a) % 10}" for a in archs.split(",") if a.strip()]
+    # nvcc's __CUDA_ARCH_LIST__ holds major*100 + minor*10 (e.g. "800,900" -> ["8.0", "9.0"]);
+    # CUDART_VERSION holds major*1000 + minor*10 (e.g. 13000 -> "13.0").
+    archs = [int(a) for a in (info.get("cuda_archs") or "").split(",") if a.strip()]
+    info["cuda_archs"] = [f"{a // 100}.{a % 100 // 10}" for a in archs]
+    if info.get("cuda_version"):
+        version = int(info["cuda_version"])
+        info["cuda_version"] = f"{version // 1000}.{version % 1000 // 10}"
     return info

@@ -144,61 +144,62 @@ class _FusedRNNBase(nn.RNNBase):
                 raise RuntimeError(f"{name} has dtype {s.dtype} but the input has dtype {x.dtype}")
         return states
 
-    def forward(self, input, hx=None, lengths: Optional[Tensor] = None):
-        name = type(self).__name__
-        packed = input if isinstance(input, PackedSequence) else None
-        if packed is not None:
+    def _time_major(self, input, lengths):
+        """Checks the input; returns (x (T, B, I), lengths or None, is_batched, packed index or None)."""
+        if isinstance(input, PackedSequence):
             if lengths is not None:
                 raise ValueError("lengths must be None when the input is a PackedSequence "
                                  "(it carries its own lengths)")
-            self.check_input(packed.data, packed.batch_sizes)  # dtype (ValueError), 2-D, input size
-            index, lengths = _packing.packed_layout(packed)
-            x = _packing.unpack(packed, index)
-            is_batched = True
+            self.check_input(input.data, input.batch_sizes)  # dtype (ValueError), 2-D, input size
+            index, lengths = _packing.packed_layout(input)
+            return _packing.unpack(input, index), lengths, True, index
+        name = type(self).__name__
+        if not isinstance(input, Tensor):
+            raise TypeError(f"{name}: input must be a Tensor or a PackedSequence, got {type(input).__name__}")
+        if input.dim() not in (2, 3):
+            raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
+        is_batched = input.dim() == 3
+        if not is_batched:
+            x = input.unsqueeze(1)
         else:
-            if not isinstance(input, Tensor):
-                raise TypeError(f"{name}: input must be a Tensor or a PackedSequence, got {type(input).__name__}")
-            if input.dim() not in (2, 3):
-                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
-            is_batched = input.dim() == 3
-            if not is_batched:
-                x = input.unsqueeze(1)
-            else:
-                x = input.transpose(0, 1) if self.batch_first else input
-            self.check_input(x, None)  # dtype (ValueError), input size (RuntimeError)
-            if lengths is not None:
-                lengths = torch.as_tensor(lengths)
-                if not is_batched and lengths.dim() == 0:
-                    lengths = lengths.reshape(1)
-                # Checked once here (values in [0, T], one per sequence); stays on its device.
-                lengths = functional.prepare_lengths(lengths, x.size(1), x.size(0), lengths.device)
-        state = self._initial_state(hx, x, is_batched)
+            x = input.transpose(0, 1) if self.batch_first else input
+        self.check_input(x, None)  # dtype (ValueError), input size (RuntimeError)
+        if lengths is not None:
+            lengths = torch.as_tensor(lengths)
+            if not is_batched and lengths.dim() == 0:
+                lengths = lengths.reshape(1)
+            # Checked once here (integers in [0, T], one per sequence); it stays on its device.
+            lengths = functional.prepare_lengths(lengths, x.size(1), x.size(0), lengths.device)
+        return x, lengths, is_batched, None
 
+    def _layers(self, x: Tensor, state: List[Tensor], lengths: Optional[Tensor]
+                ) -> Tuple[Tensor, List[Tensor]]:
+        """All layers and directions over x (T, B, I): returns the output and the final states."""
         num_directions = 2 if self.bidirectional else 1
-        dropping = self.training
         final: List[List[Tensor]] = [[] for _ in state]
         layer_input = x
         for layer in range(self.num_layers):
-            if dropping and self.input_dropout > 0:
+            if self.training and self.input_dropout > 0:
                 layer_input = _variational_dropout(layer_input, self.input_dropout)
             outputs = []
             for direction in range(num_directions):
-                index_ld = layer * num_directions + direction
-                y, *last = self._run(layer_input, [s[index_ld] for s in state], layer, direction, lengths)
+                k = layer * num_directions + direction
+                y, *last = self._run(layer_input, [s[k] for s in state], layer, direction, lengths)
                 outputs.append(y)
-                for k, s in enumerate(last):
-                    final[k].append(s)
-            layer_output = outputs[0] if num_directions == 1 else torch.cat(outputs, dim=2)
-            if dropping and self.output_dropout > 0:
-                layer_output = _variational_dropout(layer_output, self.output_dropout)
-            if dropping and self.dropout > 0 and layer < self.num_layers - 1:
-                layer_output = F.dropout(layer_output, self.dropout, training=True)
-            layer_input = layer_output
-        output = layer_input
-        states = [torch.stack(s) for s in final]
+                for kind, s in zip(final, last):
+                    kind.append(s)
+            layer_input = outputs[0] if num_directions == 1 else torch.cat(outputs, dim=2)
+            if self.training and self.output_dropout > 0:
+                layer_input = _variational_dropout(layer_input, self.output_dropout)
+            if self.training and self.dropout > 0 and layer < self.num_layers - 1:
+                layer_input = F.dropout(layer_input, self.dropout, training=True)
+        return layer_input, [torch.stack(s) for s in final]
 
-        if packed is not None:
-            output = _packing.pack_like(output, packed, index)
+    def forward(self, input, hx=None, lengths: Optional[Tensor] = None):
+        x, lengths, is_batched, packed_index = self._time_major(input, lengths)
+        output, states = self._layers(x, self._initial_state(hx, x, is_batched), lengths)
+        if packed_index is not None:
+            output = _packing.pack_like(output, input, packed_index)
         elif not is_batched:
             output = output.squeeze(1)
             states = [s.squeeze(1) for s in states]
