@@ -58,6 +58,15 @@ def _gpu(device: torch.device) -> Dict[str, Any]:
     }
 
 
+def load_average() -> Optional[float]:
+    """The 1-minute load average: other work on the machine skews CPU timings badly (a preempted
+    OpenMP thread stalls every barrier), so the record says how busy the machine was."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
 def collect(device: torch.device) -> Dict[str, Any]:
     commit = _command(["git", "rev-parse", "HEAD"], cwd=_REPO)
     # --no-optional-locks: a benchmark must not touch the repository, not even the index's stat cache.
@@ -70,6 +79,7 @@ def collect(device: torch.device) -> Dict[str, Any]:
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_num_threads": torch.get_num_threads(),
+        "load_average_1min": load_average(),
         "device": str(device),
         **_gpu(device),
         "torch": torch.__version__,

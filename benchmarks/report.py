@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from .contenders import ORDER
+
 SCHEMA = "fused_rnn.benchmarks/1"
 CaseKey = Tuple[str, str, str, str]  # workload, cell, dtype, mode
 
@@ -165,9 +167,7 @@ def plot_speedups(results: List[Dict[str, Any]], path: Path, title: str = "") ->
 
     rows = speedups(results)
     panels = []
-    contenders = sorted({name for row in rows for name in row["vs_torch.nn"]},
-                        key=lambda n: ["fused", "reference", "compiled"].index(n)
-                        if n in ("fused", "reference", "compiled") else 9)
+    contenders = [name for name in ORDER if any(name in row["vs_torch.nn"] for row in rows)]
     vs_torch = [(row, {n: row["vs_torch.nn"][n] for n in contenders if n in row["vs_torch.nn"]}) for row in rows]
     vs_torch = [(row, bars) for row, bars in vs_torch if bars]
     if vs_torch:
@@ -182,7 +182,7 @@ def plot_speedups(results: List[Dict[str, Any]], path: Path, title: str = "") ->
     height = max(len(data) for _, data, _ in panels) * (0.15 * bars_per_row + 0.15) + 1.8
     figure, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), height), squeeze=False)
     colors = {"fused": "tab:green", "reference": "tab:gray", "compiled": "tab:orange"}
-    for axis, (title, data, names) in zip(axes[0], panels):
+    for axis, (heading, data, names) in zip(axes[0], panels):
         labels = [" ".join(case_key(row)) for row, _ in data]
         width = 0.8 / len(names)
         for j, name in enumerate(names):
@@ -193,7 +193,7 @@ def plot_speedups(results: List[Dict[str, Any]], path: Path, title: str = "") ->
         axis.invert_yaxis()
         axis.set_xscale("log")
         axis.axvline(1.0, color="black", linewidth=0.8)
-        axis.set_title(title)
+        axis.set_title(heading)
         axis.set_xlabel("x (> 1: faster)")
         axis.legend(fontsize=7)
     if title:

@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import signal
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
+
+if __package__ in (None, ""):  # run as a script, `python benchmarks/run.py`: import as the package
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    __package__ = "benchmarks"
 
 import torch
 
@@ -33,8 +38,10 @@ PRESETS: Dict[str, Dict[str, Dict[str, object]]] = {
         "cpu": dict(workloads=["cpu_small"], dtypes=["fp32"], budget=Budget(warmup=1, seconds=0.2)),
     },
     "full": {
+        # GPU calls take milliseconds: 0.3 s is tens to hundreds of repetitions, and keeps the
+        # ~800 measurements of a full GPU run within minutes.
         "cuda": dict(workloads=workloads.STANDARD + workloads.EXTRAS, dtypes=["fp32", "bf16", "fp16"],
-                     budget=Budget(warmup=5, seconds=1.0, min_repeats=5)),
+                     budget=Budget(warmup=3, seconds=0.3, min_repeats=5)),
         "cpu": dict(workloads=workloads.STANDARD + workloads.EXTRAS, dtypes=["fp32"],
                     budget=Budget(warmup=1, seconds=1.0, min_repeats=3)),
     },
@@ -51,12 +58,16 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     preset = parser.add_mutually_exclusive_group()
     preset.add_argument("--quick", action="store_true", help="a short run (the default)")
     preset.add_argument("--full", action="store_true", help="everything: all cells, workloads, dtypes, modes")
-    parser.add_argument("--cells", type=_names, help=f"comma-separated, or 'all': {', '.join(cells.CELLS)}")
+    parser.add_argument("--cells", type=_names,
+                        help=f"comma-separated, or 'all' (the default): {', '.join(cells.CELLS)}")
     parser.add_argument("--workloads", type=_names,
-                        help=f"comma-separated, or 'all': {', '.join(workloads.WORKLOADS)}")
+                        help=f"comma-separated, or 'all': {', '.join(workloads.WORKLOADS)}; default "
+                        "quick: mid on CUDA, cpu_small on the CPU; full: the six of BENCHMARKS.md "
+                        "and the three mid_* extras")
     parser.add_argument("--shape", metavar="T,B,I,H", help="a custom workload (named 'custom'); "
                         "replaces the preset's workloads, adds to --workloads")
-    parser.add_argument("--dtypes", type=_names, help="fp32 (TF32 off), bf16, fp16; default fp32 on the CPU")
+    parser.add_argument("--dtypes", type=_names, help="fp32 (TF32 off), bf16, fp16, or 'all'; default "
+                        "fp32 on the CPU, on CUDA fp32,bf16 (quick) or all three (full)")
     parser.add_argument("--modes", type=_names, help="inference (no_grad forward), training "
                         "(forward + backward of output.sum()); default both")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ...; default cuda when available")
@@ -89,6 +100,8 @@ def _all_or(names: Optional[List[str]], everything: List[str]) -> Optional[List[
 
 def build_plan(args: argparse.Namespace) -> suite.Plan:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but torch sees no CUDA device")
     preset = PRESETS["full" if args.full else "quick"]["cuda" if device.type == "cuda" else "cpu"]
 
     workload_names = _all_or(args.workloads, list(workloads.WORKLOADS))
@@ -110,9 +123,9 @@ def build_plan(args: argparse.Namespace) -> suite.Plan:
     budget: Budget = preset["budget"]
     budget = Budget(warmup=budget.warmup if args.warmup is None else args.warmup, repeats=args.repeats,
                     seconds=budget.seconds, min_repeats=budget.min_repeats, max_repeats=budget.max_repeats)
+    cell_names = _all_or(args.cells, list(cells.CELLS)) or list(cells.CELLS)
     return suite.Plan(
-        device=device, workloads=chosen, cells=cells.select(_all_or(args.cells, list(cells.CELLS)) or list(cells.CELLS)),
-        dtypes=dtypes, modes=modes, contenders=contenders.make_contenders(names, args.compile_timeout),
+        device=device, workloads=chosen, cells=cells.select(cell_names), dtypes=dtypes, modes=modes, contenders=contenders.make_contenders(names, args.compile_timeout),
         budget=budget, loops_everywhere=args.loops_everywhere, check=args.check, seed=args.seed)
 
 
@@ -139,6 +152,10 @@ def _plot_title(env: dict) -> str:
     return f"fused_rnn benchmarks on {where}, torch {env.get('torch')}, {env.get('date')}"
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
@@ -148,6 +165,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if plan.device.type == "cuda":
+        if plan.device.index is not None:
+            torch.cuda.set_device(plan.device)  # CUDA events and memory statistics follow it
         # fp32 means full fp32: TF32 would make both cuDNN and fused_rnn faster and less exact.
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
@@ -161,14 +180,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     log = report.ResultLog(out_dir / f"{stem}.json", env, _settings(argv, args, plan),
                            {w.name: w.to_json() for w in plan.workloads})
     print(f"{plan.size} measurements on {plan.device}; writing {log.path}", file=sys.stderr)
+    load, cores = env["load_average_1min"], env["cpu_count"] or 1
+    if load is not None and load > 0.5 * cores:
+        print(f"warning: load average {load:.1f} on {cores} cores: other work is running, "
+              "timings (CPU ones above all) will be noisy", file=sys.stderr)
     complete = False
+    # `timeout` and job schedulers stop a run with SIGTERM: treat it as Ctrl-C, so the table and
+    # the plot of what was measured still come out.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         suite.run(plan, log)
         complete = True
     except KeyboardInterrupt:
-        print("interrupted: reporting what was measured", file=sys.stderr)
+        print("\ninterrupted: reporting what was measured", file=sys.stderr)
     finally:
         # Also after an interruption or a crash: the table and plot of what was measured.
+        log.document["environment"]["load_average_1min_at_end"] = environment.load_average()
         log.finish(complete)
         print(report.format_table(log.results, log.checks, [c.name for c in plan.contenders]))
         print(f"\nresults: {log.path}")

@@ -61,7 +61,9 @@ def prepare_lengths(lengths: Optional[Tensor], batch: int, steps: int,
     if lengths.dim() != 1 or lengths.numel() != batch:
         raise ValueError(f"lengths must be 1-D with one entry per sequence (B={batch}), "
                          f"got shape {tuple(lengths.shape)}")
-    if batch > 0:
+    if batch > 0 and lengths.device.type == "cpu":
+        # Checked where it is free. Lengths already on the GPU are not read back (that would
+        # synchronise); there, values outside [0, T] clamp (< 0: nothing valid, > T: all valid).
         low, high = torch.aminmax(lengths)
         if int(low) < 0 or int(high) > steps:
             raise ValueError(f"lengths must lie in [0, T={steps}], got values in [{int(low)}, {int(high)}]")

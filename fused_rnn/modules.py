@@ -152,6 +152,7 @@ class _FusedRNNBase(nn.RNNBase):
                                  "(it carries its own lengths)")
             self.check_input(input.data, input.batch_sizes)  # dtype (ValueError), 2-D, input size
             index, lengths = _packing.packed_layout(input)
+            lengths = lengths.to(input.data.device, non_blocking=True)  # once, for every layer
             return _packing.unpack(input, index), lengths, True, index
         name = type(self).__name__
         if not isinstance(input, Tensor):
@@ -168,8 +169,9 @@ class _FusedRNNBase(nn.RNNBase):
             lengths = torch.as_tensor(lengths)
             if not is_batched and lengths.dim() == 0:
                 lengths = lengths.reshape(1)
-            # Checked once here (integers in [0, T], one per sequence); it stays on its device.
-            lengths = functional.prepare_lengths(lengths, x.size(1), x.size(0), lengths.device)
+            # Checked once here (integers in [0, T], one per sequence) and moved to the input's
+            # device once, not once per layer and direction.
+            lengths = functional.prepare_lengths(lengths, x.size(1), x.size(0), x.device)
         return x, lengths, is_batched, None
 
     def _layers(self, x: Tensor, state: List[Tensor], lengths: Optional[Tensor]

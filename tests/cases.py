@@ -26,10 +26,13 @@ class Case:
         tensors = [self.x, self.h0] + ([self.c0] if self.c0 is not None else [])
         return tensors + list(self.weights.values())
 
-    def converted(self, dtype) -> "Case":
-        """The same problem with every tensor cast to `dtype` (new leaves that require grad)."""
+    def converted(self, dtype, device=None) -> "Case":
+        """The same problem with every tensor cast to `dtype` (and moved to `device`), as new
+        leaves that require grad."""
         def cast(t):
-            return None if t is None else t.detach().to(dtype).requires_grad_(t.requires_grad)
+            if t is None:
+                return None
+            return t.detach().to(device=device or t.device, dtype=dtype).requires_grad_(t.requires_grad)
         return Case(self.cell, cast(self.x), cast(self.h0),
                     {k: cast(v) for k, v in self.weights.items()}, cast(self.c0),
                     lengths=self.lengths, reverse=self.reverse)

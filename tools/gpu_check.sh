@@ -25,10 +25,14 @@ stage() {  # stage NAME SECONDS COMMAND...: run, log, record "NAME rc seconds"
   return $rc
 }
 
-stage environment 60 nvidia-smi
-stage build 360 "$PY" -m pip install --no-build-isolation --no-deps -v -e . || exit 1
-stage tests 300 "$PY" -m pytest tests -q --junitxml="$OUT/junit.xml" -p no:cacheprovider
-stage memcheck 150 compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" tools/sanitizer_workload.py
-stage racecheck 150 compute-sanitizer --tool racecheck --error-exitcode 9 "$PY" tools/sanitizer_workload.py
-stage benchmark 180 "$PY" -m benchmarks --quick --device cuda --out "$OUT"
+# The CPU-only tests ran in CI already: here every test with a CUDA parameter or in test_cuda.py.
+PARALLEL=()
+"$PY" -c "import xdist" 2>/dev/null && PARALLEL=(-n 6)
+
+stage environment 30 nvidia-smi
+stage build 240 "$PY" -m pip install --no-build-isolation --no-deps -v -e . || exit 1
+stage tests 200 "$PY" -m pytest tests -q -k cuda "${PARALLEL[@]}" --junitxml="$OUT/junit.xml" -p no:cacheprovider
+stage memcheck 100 compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" tools/sanitizer_workload.py
+stage racecheck 100 compute-sanitizer --tool racecheck --error-exitcode 9 "$PY" tools/sanitizer_workload.py
+stage benchmark 120 "$PY" -m benchmarks --quick --device cuda --out "$OUT"
 tail -n 40 "$LOG" | grep -E "=====|passed|failed|ERROR SUMMARY" || true
