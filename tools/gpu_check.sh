@@ -30,9 +30,9 @@ PARALLEL=()
 "$PY" -c "import xdist" 2>/dev/null && PARALLEL=(-n 6)
 
 stage environment 30 nvidia-smi
-stage build 240 "$PY" -m pip install --no-build-isolation --no-deps -v -e . || exit 1
-stage tests 200 "$PY" -m pytest tests -q -k cuda "${PARALLEL[@]}" --junitxml="$OUT/junit.xml" -p no:cacheprovider
-stage memcheck 100 compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" tools/sanitizer_workload.py
-stage racecheck 100 compute-sanitizer --tool racecheck --error-exitcode 9 "$PY" tools/sanitizer_workload.py
-stage benchmark 120 "$PY" -m benchmarks --quick --device cuda --out "$OUT"
+stage build 200 "$PY" -m pip install --no-build-isolation --no-deps -v -e . || exit 1
+stage tests 150 "$PY" -m pytest tests -q -k cuda "${PARALLEL[@]}" --junitxml="$OUT/junit.xml" -p no:cacheprovider
+stage memcheck 80 compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" tools/sanitizer_workload.py
+stage racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 9 "$PY" tools/sanitizer_workload.py
+stage benchmark 90 "$PY" -m benchmarks --quick --device cuda --out "$OUT"
 tail -n 40 "$LOG" | grep -E "=====|passed|failed|ERROR SUMMARY" || true
