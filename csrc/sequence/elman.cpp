@@ -69,7 +69,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> elman_backward(
   });
   const Tensor h_prev = previous_states(y, h0, lengths, reverse);  // [T, B, H]
   const Tensor grad_w_hh = d_a.view({T * B, H}).t().mm(h_prev.reshape({T * B, H}));
-  return {d_a, dh, grad_w_hh, d_a.sum({0, 1})};
+  return {d_a, dh, grad_w_hh, d_a.sum(at::IntArrayRef{0, 1})};
 }
 
 }  // namespace fused_rnn

@@ -126,7 +126,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
         dh.addmm_(d_hh.select(0, t), w);
       }
       grad_w_hh = d_hh.view({T * B, 3 * H}).t().mm(h_prev.view({T * B, H}));
-      grad_b_hh = d_hh.sum({0, 1});
+      grad_b_hh = d_hh.sum(at::IntArrayRef{0, 1});
       return;
     }
     const Tensor w_rz = w_hh.narrow(0, 0, 2 * H);  // [2H, H]
@@ -157,7 +157,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
     grad_w_hh = at::cat({d_x.narrow(2, 0, 2 * H).reshape({T * B, 2 * H}).t().mm(h_prev.view({T * B, H})),
                          d_x.narrow(2, 2 * H, H).reshape({T * B, H}).t().mm(rh_all.view({T * B, H}))},
                         0);
-    grad_b_hh = d_x.sum({0, 1});
+    grad_b_hh = d_x.sum(at::IntArrayRef{0, 1});
   });
   return {d_x, dh, grad_w_hh, grad_b_hh};
 }

@@ -156,14 +156,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   const Tensor h_prev = previous_states(y, h0, lengths, reverse);  // [T, B, P]
   const Tensor d_flat = d_gates.view({T * B, 4 * H});
   const Tensor grad_w_hh = d_flat.t().mm(h_prev.reshape({T * B, P}));
-  const Tensor grad_b_hh = d_gates.sum({0, 1});
+  const Tensor grad_b_hh = d_gates.sum(at::IntArrayRef{0, 1});
   Tensor grad_w_ch = absent(gates);
   if (w_ch.has_value()) {
     // Peepholes see c_{t-1} (gates i, f) and c_t (gate o).
     const Tensor d_acc = d_gates.to(c_type);
-    grad_w_ch = at::cat({(d_acc.narrow(2, 0, H) * c_prev).sum({0, 1}),
-                         (d_acc.narrow(2, H, H) * c_prev).sum({0, 1}),
-                         (d_acc.narrow(2, 3 * H, H) * c_all).sum({0, 1})})
+    grad_w_ch = at::cat({(d_acc.narrow(2, 0, H) * c_prev).sum(at::IntArrayRef{0, 1}),
+                         (d_acc.narrow(2, H, H) * c_prev).sum(at::IntArrayRef{0, 1}),
+                         (d_acc.narrow(2, 3 * H, H) * c_all).sum(at::IntArrayRef{0, 1})},
+                        0)
                     .to(gates.scalar_type());
   }
   Tensor grad_w_hr = absent(gates);
