@@ -54,20 +54,23 @@ class Case:
 
 def make_case(cell: str, steps: int, batch: int, inputs: int, hidden: int, *,
               dtype=torch.float64, device="cpu", lengths=None, reverse=False,
-              proj: int = 3, requires_grad: bool = True, scale: float = 0.5) -> Case:
+              proj: int = 3, requires_grad: bool = True) -> Case:
+    """Weights are drawn like torch's init (std 1/sqrt(fan-in)), so the recurrence neither
+    explodes nor makes tiny rounding differences grow chaotically over the steps."""
     gates = GATES[cell]
     state = proj if cell == "lstm_proj" else hidden
 
-    def rand(*shape):
+    def rand(*shape, scale=0.5):
         return (torch.randn(*shape, dtype=torch.float64) * scale).to(device=device, dtype=dtype) \
             .requires_grad_(requires_grad)
 
-    weights = {"w_ih": rand(gates * hidden, inputs), "w_hh": rand(gates * hidden, state),
+    weights = {"w_ih": rand(gates * hidden, inputs, scale=inputs ** -0.5),
+               "w_hh": rand(gates * hidden, state, scale=state ** -0.5),
                "b_ih": rand(gates * hidden), "b_hh": rand(gates * hidden)}
     if cell == "peephole_lstm":
         weights["w_ch"] = rand(3 * hidden)
     if cell == "lstm_proj":
-        weights["w_hr"] = rand(state, hidden)
+        weights["w_hr"] = rand(state, hidden, scale=hidden ** -0.5)
     c0 = rand(batch, hidden) if gates == 4 else None
     return Case(cell, rand(steps, batch, inputs), rand(batch, state), weights, c0,
                 lengths=lengths, reverse=reverse)

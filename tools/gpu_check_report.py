@@ -59,9 +59,13 @@ def sanitizer(out: str) -> dict:
     text = open(log, errors="replace").read() if os.path.exists(log) else ""
     found = {}
     for tool in ("memcheck", "racecheck"):
-        section = re.search(rf"===== {tool} \(.*?(?======|\Z)", text, re.S)
+        # From the stage's header line to the next stage line ("===== " with a space: the
+        # sanitizer's own lines start with "=========").
+        section = re.search(rf"^===== {tool} \(.*?(?=^===== |\Z)", text, re.S | re.M)
         if section:
-            counts = re.findall(r"ERROR SUMMARY: (\d+) error", section.group(0))
+            counts = re.findall(r"ERROR SUMMARY: (\d+) error|\((\d+) errors, \d+ warnings\)",
+                                section.group(0))
+            counts = [a or b for a, b in counts]
             found[tool] = {"errors": sum(map(int, counts)) if counts else None}
     return found
 

@@ -51,14 +51,6 @@ int64_t check_sequence_args(const Tensor& x_proj, const Tensor& h0, const Tensor
   return H;
 }
 
-void recurrent_gemm(Tensor& out, const Tensor& h, const Tensor& w_hh_t, const OptTensor& bias) {
-  if (bias.has_value()) {
-    at::addmm_out(out, *bias, h, w_hh_t);
-  } else {
-    at::mm_out(out, h, w_hh_t);
-  }
-}
-
 Tensor previous_states(const Tensor& states, const Tensor& initial, const OptTensor& lengths,
                        bool reverse) {
   const int64_t T = states.size(0);

@@ -32,15 +32,20 @@ int64_t check_sequence_args(const Tensor& x_proj, const Tensor& h0, const Tensor
 // Checks that `tensor` (named `name`) has exactly `shape`, x_proj's dtype and device.
 void check_like(const Tensor& tensor, const char* name, at::IntArrayRef shape, const Tensor& x_proj);
 
-// out [B, G*H] = h [B, P] · w_hh_t [P, G*H] (+ bias [G*H]).
-void recurrent_gemm(Tensor& out, const Tensor& h, const Tensor& w_hh_t, const OptTensor& bias);
-
 // The state each step started from, [T, B, X], given the per-step states or outputs `states`
 // [T, B, X] (outputs are 0 where masked) and the initial state [B, X]:
 //   forward: prev[t] = states[t-1] (initial at t = 0);
 //   reverse: prev[t] = states[t+1], or initial where t+1 >= lengths[b] (or t = T-1).
 Tensor previous_states(const Tensor& states, const Tensor& initial, const OptTensor& lengths,
                        bool reverse);
+
+// The data of an optional tensor made contiguous (kept alive by `holder`), or nullptr.
+template <typename scalar_t>
+const scalar_t* optional_data(const OptTensor& tensor, Tensor& holder) {
+  if (!tensor.has_value()) return nullptr;
+  holder = tensor->contiguous();
+  return holder.data_ptr<scalar_t>();
+}
 
 // Empty placeholder returned for outputs that do not apply (inference, no peepholes, ...).
 inline Tensor absent(const Tensor& like) { return at::empty({0}, like.options()); }

@@ -1,9 +1,10 @@
-// Elman RNN time loop: per step one GEMM (W_hh h + b_hh) and one fused pointwise step.
+// Elman RNN time loop: per step one GEMM (W_hh h) and one fused pointwise step (biases, tanh/relu).
 #include <ATen/Dispatch.h>
 #include <c10/core/DeviceGuard.h>
 
 #include "fused_rnn/cell_steps.h"
 #include "fused_rnn/launch.h"
+#include "gemm.h"
 #include "sequence_ops.h"
 
 namespace fused_rnn {
@@ -15,9 +16,10 @@ std::tuple<Tensor, Tensor> elman_forward(const Tensor& x_proj_in, const Tensor& 
   const int64_t H = check_sequence_args(x_proj_in, h0, w_hh, b_hh, lengths, 1, c10::nullopt);
   const Tensor x_proj = x_proj_in.contiguous();  // [T, B, H]
   const int64_t T = x_proj.size(0), B = x_proj.size(1);
-  const Tensor w_hh_t = w_hh.t();                // [H, H]
-  Tensor h = h0.contiguous().clone();            // [B, H] state
-  Tensor hh = at::empty({B, H}, x_proj.options());  // [B, H] W_hh h + b_hh
+  const Tensor w = w_hh.contiguous();              // [H, H]
+  Tensor h = h0.contiguous().clone();              // [B, H] state
+  Tensor hh = at::empty({B, H}, x_proj.options());  // [B, H] W_hh h
+  Tensor bias;                                     // keeps b_hh's contiguous copy alive
   Tensor y = at::empty({T, B, H}, x_proj.options());
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_proj.scalar_type(), "elman_forward", [&] {
@@ -25,10 +27,11 @@ std::tuple<Tensor, Tensor> elman_forward(const Tensor& x_proj_in, const Tensor& 
     step.H = H;
     step.relu = relu;
     step.hh = hh.data_ptr<scalar_t>();
+    step.b_hh = optional_data<scalar_t>(b_hh, bias);
     step.h = h.data_ptr<scalar_t>();
     for (int64_t s = 0; s < T; ++s) {
       const int64_t t = time_at(s, T, reverse);
-      recurrent_gemm(hh, h, w_hh_t, b_hh);
+      gemm_abt(hh, h, w, /*accumulate=*/false);
       step.mask = {lengths_ptr(lengths), t};
       step.x_proj = x_proj.data_ptr<scalar_t>() + t * B * H;
       step.y = y.data_ptr<scalar_t>() + t * B * H;
@@ -64,7 +67,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> elman_backward(
       step.y = y.data_ptr<scalar_t>() + t * B * H;
       step.d_a = d_a.data_ptr<scalar_t>() + t * B * H;
       launch_step(step, B, H, y.device());
-      dh.addmm_(d_a.select(0, t), w);
+      gemm_ab(dh, d_a.select(0, t), w, /*accumulate=*/true);
     }
   });
   const Tensor h_prev = previous_states(y, h0, lengths, reverse);  // [T, B, H]

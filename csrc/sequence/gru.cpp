@@ -5,6 +5,7 @@
 
 #include "fused_rnn/cell_steps.h"
 #include "fused_rnn/launch.h"
+#include "gemm.h"
 #include "sequence_ops.h"
 
 namespace fused_rnn {
@@ -19,6 +20,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& x_proj_in, 
   const int64_t T = x_proj.size(0), B = x_proj.size(1);
   const auto opts = x_proj.options();
   const auto device = x_proj.device();
+  const Tensor w = w_hh.contiguous();    // [3H, H]
+  Tensor bias;                           // keeps b_hh's contiguous copy alive
   Tensor h = h0.contiguous().clone();    // [B, H] state
   Tensor y = at::empty({T, B, H}, opts);  // [T, B, H]
   // reset_before always needs r, z within the step, so it keeps gates even in inference.
@@ -27,20 +30,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& x_proj_in, 
   Tensor hh_n_all = training && reset_after ? at::empty({T, B, H}, opts) : absent(x_proj);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_proj.scalar_type(), "gru_forward", [&] {
+    const scalar_t* b_hh_data = optional_data<scalar_t>(b_hh, bias);
     auto x_at = [&](int64_t t) { return x_proj.data_ptr<scalar_t>() + t * B * 3 * H; };
     auto gates_at = [&](int64_t t) {
       return keep_gates ? gates.data_ptr<scalar_t>() + (training ? t : 0) * B * 3 * H : nullptr;
     };
     if (reset_after) {
-      const Tensor w_hh_t = w_hh.t();                 // [H, 3H]
-      Tensor hh = at::empty({B, 3 * H}, opts);        // [B, 3H] W_hh h + b_hh
+      Tensor hh = at::empty({B, 3 * H}, opts);        // [B, 3H] W_hh h
       GruForwardStep<scalar_t> step;
       step.H = H;
       step.hh = hh.data_ptr<scalar_t>();
+      step.b_hh = b_hh_data;
       step.h = h.data_ptr<scalar_t>();
       for (int64_t s = 0; s < T; ++s) {
         const int64_t t = time_at(s, T, reverse);
-        recurrent_gemm(hh, h, w_hh_t, b_hh);
+        gemm_abt(hh, h, w, /*accumulate=*/false);
         step.mask = {lengths_ptr(lengths), t};
         step.x_proj = x_at(t);
         step.y = y.data_ptr<scalar_t>() + t * B * H;
@@ -50,30 +54,30 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& x_proj_in, 
       }
       return;
     }
-    const Tensor w_rz_t = w_hh.narrow(0, 0, 2 * H).t();  // [H, 2H]
-    const Tensor w_n_t = w_hh.narrow(0, 2 * H, H).t();   // [H, H]
-    const OptTensor b_rz = b_hh.has_value() ? OptTensor(b_hh->narrow(0, 0, 2 * H)) : c10::nullopt;
-    const OptTensor b_n = b_hh.has_value() ? OptTensor(b_hh->narrow(0, 2 * H, H)) : c10::nullopt;
-    Tensor hh_rz = at::empty({B, 2 * H}, opts);  // [B, 2H] W_h{r,z} h + b_h{r,z}
+    const Tensor w_rz = w.narrow(0, 0, 2 * H);  // [2H, H]
+    const Tensor w_n = w.narrow(0, 2 * H, H);   // [H, H]
+    Tensor hh_rz = at::empty({B, 2 * H}, opts);  // [B, 2H] W_h{r,z} h
     Tensor rh = at::empty({B, H}, opts);         // [B, H]  r h
-    Tensor hh_n = at::empty({B, H}, opts);       // [B, H]  W_hn (r h) + b_hn
+    Tensor hh_n = at::empty({B, H}, opts);       // [B, H]  W_hn (r h)
     GruResetBeforeGatesStep<scalar_t> gates_step;
     gates_step.H = H;
     gates_step.hh_rz = hh_rz.data_ptr<scalar_t>();
+    gates_step.b_hh = b_hh_data;
     gates_step.h = h.data_ptr<scalar_t>();
     gates_step.rh = rh.data_ptr<scalar_t>();
     GruResetBeforeStateStep<scalar_t> state_step;
     state_step.H = H;
     state_step.hh_n = hh_n.data_ptr<scalar_t>();
+    state_step.b_hh = b_hh_data;
     state_step.h = h.data_ptr<scalar_t>();
     for (int64_t s = 0; s < T; ++s) {
       const int64_t t = time_at(s, T, reverse);
-      recurrent_gemm(hh_rz, h, w_rz_t, b_rz);
+      gemm_abt(hh_rz, h, w_rz, /*accumulate=*/false);
       gates_step.mask = state_step.mask = {lengths_ptr(lengths), t};
       gates_step.x_proj = state_step.x_proj = x_at(t);
       gates_step.gates = state_step.gates = gates_at(t);
       launch_step(gates_step, B, H, device);
-      recurrent_gemm(hh_n, rh, w_n_t, b_n);
+      gemm_abt(hh_n, rh, w_n, /*accumulate=*/false);
       state_step.y = y.data_ptr<scalar_t>() + t * B * H;
       launch_step(state_step, B, H, device);
     }
@@ -98,6 +102,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
   const Tensor grad_y = grad_y_in.contiguous();  // [T, B, H]
   const Tensor gates = gates_in.contiguous();    // [T, B, 3H] r, z, n
   const Tensor h_prev = previous_states(y_in, h0, lengths, reverse).contiguous();  // [T, B, H]
+  const Tensor w = w_hh.contiguous();            // [3H, H]
   Tensor dh = grad_h_n.contiguous().clone();     // [B, H] carried to the previous step
   Tensor d_x = at::empty({T, B, 3 * H}, opts);   // [T, B, 3H] d x_proj
   Tensor grad_w_hh, grad_b_hh;
@@ -108,7 +113,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
     };
     if (reset_after) {
       const Tensor hh_n = hh_n_in.contiguous();    // [T, B, H]
-      const Tensor w = w_hh.contiguous();          // [3H, H]
       Tensor d_hh = at::empty({T, B, 3 * H}, opts);  // [T, B, 3H] d (W_hh h + b_hh)
       GruBackwardStep<scalar_t> step;
       step.H = H;
@@ -123,14 +127,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
         step.d_x = at_t(d_x, t, 3 * H);
         step.d_hh = at_t(d_hh, t, 3 * H);
         launch_step(step, B, H, device);
-        dh.addmm_(d_hh.select(0, t), w);
+        gemm_ab(dh, d_hh.select(0, t), w, /*accumulate=*/true);
       }
       grad_w_hh = d_hh.view({T * B, 3 * H}).t().mm(h_prev.view({T * B, H}));
       grad_b_hh = d_hh.sum(at::IntArrayRef{0, 1});
       return;
     }
-    const Tensor w_rz = w_hh.narrow(0, 0, 2 * H);  // [2H, H]
-    const Tensor w_n = w_hh.narrow(0, 2 * H, H);   // [H, H]
+    const Tensor w_rz = w.narrow(0, 0, 2 * H);  // [2H, H]
+    const Tensor w_n = w.narrow(0, 2 * H, H);   // [H, H]
     Tensor d_rh = at::empty({B, H}, opts);         // [B, H] d (r h)
     GruResetBeforeBackwardZnStep<scalar_t> zn_step;
     zn_step.H = H;
@@ -148,9 +152,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
       zn_step.d_x = r_step.d_x = at_t(d_x, t, 3 * H);
       launch_step(zn_step, B, H, device);
       const Tensor d_x_t = d_x.select(0, t);  // [B, 3H]
-      at::mm_out(d_rh, d_x_t.narrow(1, 2 * H, H), w_n);
+      gemm_ab(d_rh, d_x_t.narrow(1, 2 * H, H), w_n, /*accumulate=*/false);
       launch_step(r_step, B, H, device);
-      dh.addmm_(d_x_t.narrow(1, 0, 2 * H), w_rz);
+      gemm_ab(dh, d_x_t.narrow(1, 0, 2 * H), w_rz, /*accumulate=*/true);
     }
     // W_h{r,z} saw h_{t-1}; W_hn saw r h_{t-1}.
     const Tensor rh_all = gates.narrow(2, 0, H) * h_prev;  // [T, B, H]

@@ -1,11 +1,12 @@
-// LSTM / peephole LSTM time loop: per step one GEMM (W_hh h + b_hh) and one fused pointwise
-// step; with a projection (proj_size) also h = W_hr m and a masking step.
+// LSTM / peephole LSTM time loop: per step one GEMM (W_hh h) and one fused pointwise step
+// (biases, gates, state update); with a projection (proj_size) also h = W_hr m and a masking step.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/core/DeviceGuard.h>
 
 #include "fused_rnn/cell_steps.h"
 #include "fused_rnn/launch.h"
+#include "gemm.h"
 #include "sequence_ops.h"
 
 namespace fused_rnn {
@@ -43,25 +44,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   const int64_t T = x_proj.size(0), B = x_proj.size(1);
   const auto opts = x_proj.options();
   const auto c_opts = opts.dtype(cell_state_type(x_proj));
-  const Tensor w_hh_t = w_hh.t();                                      // [P, 4H]
-  const OptTensor w_ch = w_ch_in.has_value() ? OptTensor(w_ch_in->contiguous()) : c10::nullopt;
+  const Tensor w = w_hh.contiguous();                                   // [4H, P]
+  Tensor bias, peepholes;                        // keep b_hh's and w_ch's contiguous copies alive
   Tensor h = h0.contiguous().clone();                                   // [B, P] state
   Tensor c = c0.to(c_opts.dtype()).contiguous().clone();               // [B, H] cell state
-  Tensor hh = at::empty({B, 4 * H}, opts);                              // [B, 4H] W_hh h + b_hh
+  Tensor hh = at::empty({B, 4 * H}, opts);                              // [B, 4H] W_hh h
   Tensor y = at::empty({T, B, P}, opts);                                // [T, B, P]
   Tensor gates = training ? at::empty({T, B, 4 * H}, opts) : absent(x_proj);   // [T, B, 4H]
   Tensor c_all = training ? at::empty({T, B, H}, c_opts) : absent(c);          // [T, B, H]
   const bool project = w_hr.has_value();
   Tensor m = project ? at::empty({B, H}, opts) : Tensor();      // [B, H] o tanh(c)
   Tensor h_new = project ? at::empty({B, P}, opts) : Tensor();  // [B, P] W_hr m
-  const Tensor w_hr_t = project ? w_hr->t() : Tensor();         // [H, P]
+  const Tensor w_proj = project ? w_hr->contiguous() : Tensor();  // [P, H]
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_proj.scalar_type(), "lstm_forward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     LstmForwardStep<scalar_t> step;
     step.H = H;
     step.hh = hh.data_ptr<scalar_t>();
-    step.w_ch = w_ch.has_value() ? w_ch->data_ptr<scalar_t>() : nullptr;
+    step.b_hh = optional_data<scalar_t>(b_hh, bias);
+    step.w_ch = optional_data<scalar_t>(w_ch_in, peepholes);
     step.c = c.data_ptr<acc_t>();
     step.h = project ? nullptr : h.data_ptr<scalar_t>();
     step.m = project ? m.data_ptr<scalar_t>() : nullptr;
@@ -71,7 +73,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     mask_step.h_new = project ? h_new.data_ptr<scalar_t>() : nullptr;
     for (int64_t s = 0; s < T; ++s) {
       const int64_t t = time_at(s, T, reverse);
-      recurrent_gemm(hh, h, w_hh_t, b_hh);
+      gemm_abt(hh, h, w, /*accumulate=*/false);
       step.mask = {lengths_ptr(lengths), t};
       step.x_proj = x_proj.data_ptr<scalar_t>() + t * B * 4 * H;
       step.y = project ? nullptr : y.data_ptr<scalar_t>() + t * B * P;
@@ -79,7 +81,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
       step.c_saved = training ? c_all.data_ptr<acc_t>() + t * B * H : nullptr;
       launch_step(step, B, H, x_proj.device());
       if (project) {
-        at::mm_out(h_new, m, w_hr_t);
+        gemm_abt(h_new, m, w_proj, /*accumulate=*/false);
         mask_step.mask = step.mask;
         mask_step.y = y.data_ptr<scalar_t>() + t * B * P;
         launch_step(mask_step, B, P, x_proj.device());
@@ -111,7 +113,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   const Tensor gates = gates_in.contiguous();    // [T, B, 4H]
   const Tensor c_all = c_all_in.contiguous();    // [T, B, H] acc type
   const Tensor w = w_hh.contiguous();            // [4H, P]
-  const OptTensor w_ch = w_ch_in.has_value() ? OptTensor(w_ch_in->contiguous()) : c10::nullopt;
+  Tensor peepholes;  // keeps w_ch's contiguous copy alive
   const Tensor c0_acc = c0.to(c_type);
   const Tensor c_prev = previous_states(c_all, c0_acc, lengths, reverse).contiguous();  // [T, B, H]
   Tensor dh = grad_h_n.contiguous().clone();             // [B, P] carried to the previous step
@@ -127,7 +129,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     LstmBackwardStep<scalar_t> step;
     step.H = H;
     step.carry_h = !project;
-    step.w_ch = w_ch.has_value() ? w_ch->data_ptr<scalar_t>() : nullptr;
+    step.w_ch = optional_data<scalar_t>(w_ch_in, peepholes);
     step.dh = project ? dm.data_ptr<scalar_t>() : dh.data_ptr<scalar_t>();
     step.dc = dc.data_ptr<acc_t>();
     ProjectionCarryStep<scalar_t> carry_step;
@@ -141,7 +143,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
         carry_step.grad_y = grad_y.data_ptr<scalar_t>() + t * B * P;
         carry_step.dh_valid = dh_valid.data_ptr<scalar_t>() + t * B * P;
         launch_step(carry_step, B, P, gates.device());
-        at::mm_out(dm, dh_valid.select(0, t), w_hr_c);
+        gemm_ab(dm, dh_valid.select(0, t), w_hr_c, /*accumulate=*/false);
       }
       step.grad_y = project ? nullptr : grad_y.data_ptr<scalar_t>() + t * B * P;
       step.gates = gates.data_ptr<scalar_t>() + t * B * 4 * H;
@@ -149,7 +151,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
       step.c_prev = c_prev.data_ptr<acc_t>() + t * B * H;
       step.d_gates = d_gates.data_ptr<scalar_t>() + t * B * 4 * H;
       launch_step(step, B, H, gates.device());
-      dh.addmm_(d_gates.select(0, t), w);
+      gemm_ab(dh, d_gates.select(0, t), w, /*accumulate=*/true);
     }
   });
 
@@ -158,7 +160,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   const Tensor grad_w_hh = d_flat.t().mm(h_prev.reshape({T * B, P}));
   const Tensor grad_b_hh = d_gates.sum(at::IntArrayRef{0, 1});
   Tensor grad_w_ch = absent(gates);
-  if (w_ch.has_value()) {
+  if (w_ch_in.has_value()) {
     // Peepholes see c_{t-1} (gates i, f) and c_t (gate o).
     const Tensor d_acc = d_gates.to(c_type);
     grad_w_ch = at::cat({(d_acc.narrow(2, 0, H) * c_prev).sum(at::IntArrayRef{0, 1}),

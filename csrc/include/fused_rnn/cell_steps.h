@@ -34,6 +34,12 @@ FUSED_RNN_HD at::opmath_type<scalar_t> load(const scalar_t* p, int64_t k) {
   return static_cast<at::opmath_type<scalar_t>>(p[k]);
 }
 
+// An optional vector (bias, peephole): 0 where absent.
+template <typename scalar_t>
+FUSED_RNN_HD at::opmath_type<scalar_t> load_or_zero(const scalar_t* p, int64_t k) {
+  return p ? static_cast<at::opmath_type<scalar_t>>(p[k]) : at::opmath_type<scalar_t>(0);
+}
+
 // ============================================================================================ Elman
 template <typename scalar_t>
 struct ElmanForwardStep {
@@ -42,7 +48,8 @@ struct ElmanForwardStep {
   int64_t H;
   bool relu;
   const scalar_t* x_proj;  // [B, H]  W_ih x_t + b_ih
-  const scalar_t* hh;      // [B, H]  W_hh h_{t-1} + b_hh
+  const scalar_t* hh;      // [B, H]  W_hh h_{t-1}
+  const scalar_t* b_hh;    // [H]     or nullptr
   scalar_t* h;             // [B, H]  state, updated in place
   scalar_t* y;             // [B, H]  output row of step t
 
@@ -52,7 +59,8 @@ struct ElmanForwardStep {
       y[k] = scalar_t(0);
       return;
     }
-    const acc_t h_new = math::elman_forward(load(x_proj, k) + load(hh, k), relu);
+    const acc_t a = load(x_proj, k) + load(hh, k) + load_or_zero(b_hh, j);
+    const acc_t h_new = math::elman_forward(a, relu);
     h[k] = static_cast<scalar_t>(h_new);
     y[k] = static_cast<scalar_t>(h_new);
   }
@@ -89,7 +97,8 @@ struct LstmForwardStep {
   StepMask mask;
   int64_t H;
   const scalar_t* x_proj;  // [B, 4H]  W_ih x_t + b_ih, gates i, f, g, o
-  const scalar_t* hh;      // [B, 4H]  W_hh h_{t-1} + b_hh
+  const scalar_t* hh;      // [B, 4H]  W_hh h_{t-1}
+  const scalar_t* b_hh;    // [4H]     or nullptr
   const scalar_t* w_ch;    // [3H]     peepholes i, f, o, or nullptr
   acc_t* c;                // [B, H]   cell state, updated in place (kept in acc_t)
   // Without projection: h and y are set, m is nullptr. With projection: only m is set; the
@@ -114,10 +123,12 @@ struct LstmForwardStep {
       return;
     }
     acc_t a[4];
-    for (int q = 0; q < 4; ++q) a[q] = load(x_proj, g0 + q * H) + load(hh, g0 + q * H);
-    const acc_t p_i = w_ch ? load(w_ch, j) : acc_t(0);
-    const acc_t p_f = w_ch ? load(w_ch, H + j) : acc_t(0);
-    const acc_t p_o = w_ch ? load(w_ch, 2 * H + j) : acc_t(0);
+    for (int q = 0; q < 4; ++q) {
+      a[q] = load(x_proj, g0 + q * H) + load(hh, g0 + q * H) + load_or_zero(b_hh, q * H + j);
+    }
+    const acc_t p_i = load_or_zero(w_ch, j);
+    const acc_t p_f = load_or_zero(w_ch, H + j);
+    const acc_t p_o = load_or_zero(w_ch, 2 * H + j);
     const auto s = math::lstm_forward(a[0], a[1], a[2], a[3], c_prev, p_i, p_f, p_o);
     c[k] = s.c;
     if (h) h[k] = static_cast<scalar_t>(s.h);
@@ -157,9 +168,9 @@ struct LstmBackwardStep {
       return;
     }
     const acc_t dh_t = load(dh, k) + (grad_y ? load(grad_y, k) : acc_t(0));
-    const acc_t p_i = w_ch ? load(w_ch, j) : acc_t(0);
-    const acc_t p_f = w_ch ? load(w_ch, H + j) : acc_t(0);
-    const acc_t p_o = w_ch ? load(w_ch, 2 * H + j) : acc_t(0);
+    const acc_t p_i = load_or_zero(w_ch, j);
+    const acc_t p_f = load_or_zero(w_ch, H + j);
+    const acc_t p_o = load_or_zero(w_ch, 2 * H + j);
     const auto d = math::lstm_backward(dh_t, dc[k], load(gates, g0), load(gates, g0 + H),
                                        load(gates, g0 + 2 * H), load(gates, g0 + 3 * H), c_t[k],
                                        c_prev[k], p_i, p_f, p_o);
@@ -179,7 +190,8 @@ struct GruForwardStep {
   StepMask mask;
   int64_t H;
   const scalar_t* x_proj;  // [B, 3H]  W_ih x_t + b_ih, gates r, z, n
-  const scalar_t* hh;      // [B, 3H]  W_hh h_{t-1} + b_hh
+  const scalar_t* hh;      // [B, 3H]  W_hh h_{t-1}
+  const scalar_t* b_hh;    // [3H]     or nullptr
   scalar_t* h;             // [B, H]   state, updated in place
   scalar_t* y;             // [B, H]   output row of step t
   scalar_t* gates;         // [B, 3H]  saved r, z, n, or nullptr (inference)
@@ -196,9 +208,10 @@ struct GruForwardStep {
       }
       return;
     }
-    const acc_t r = math::sigmoid(load(x_proj, g0) + load(hh, g0));
-    const acc_t z = math::sigmoid(load(x_proj, g0 + H) + load(hh, g0 + H));
-    const acc_t hn = load(hh, g0 + 2 * H);
+    const acc_t r = math::sigmoid(load(x_proj, g0) + load(hh, g0) + load_or_zero(b_hh, j));
+    const acc_t z =
+        math::sigmoid(load(x_proj, g0 + H) + load(hh, g0 + H) + load_or_zero(b_hh, H + j));
+    const acc_t hn = load(hh, g0 + 2 * H) + load_or_zero(b_hh, 2 * H + j);
     const acc_t n = math::tanh_(load(x_proj, g0 + 2 * H) + r * hn);
     const acc_t h_new = math::gru_new_state(n, z, load(h, k));
     h[k] = static_cast<scalar_t>(h_new);
@@ -252,14 +265,15 @@ struct GruBackwardStep {
 };
 
 // =========================================================================== GRU, reset_after=False
-// Forward runs two GEMMs a step: hh_rz = W_h{r,z} h + b_h{r,z}, then hh_n = W_hn (r h) + b_hn.
+// Forward runs two GEMMs a step: hh_rz = W_h{r,z} h, then hh_n = W_hn (r h); biases are added here.
 template <typename scalar_t>
 struct GruResetBeforeGatesStep {
   using acc_t = at::opmath_type<scalar_t>;
   StepMask mask;
   int64_t H;
   const scalar_t* x_proj;  // [B, 3H]  W_ih x_t + b_ih, gates r, z, n
-  const scalar_t* hh_rz;   // [B, 2H]  W_h{r,z} h_{t-1} + b_h{r,z}
+  const scalar_t* hh_rz;   // [B, 2H]  W_h{r,z} h_{t-1}
+  const scalar_t* b_hh;    // [3H]     or nullptr
   const scalar_t* h;       // [B, H]   h_{t-1}
   scalar_t* rh;            // [B, H]   r h_{t-1}, the input of the second GEMM
   scalar_t* gates;         // [B, 3H]  r, z written here (n by the state step); always set
@@ -273,8 +287,10 @@ struct GruResetBeforeGatesStep {
       rh[k] = scalar_t(0);
       return;
     }
-    const acc_t r = math::sigmoid(load(x_proj, g0) + load(hh_rz, b * 2 * H + j));
-    const acc_t z = math::sigmoid(load(x_proj, g0 + H) + load(hh_rz, b * 2 * H + H + j));
+    const int64_t rz0 = b * 2 * H + j;
+    const acc_t r = math::sigmoid(load(x_proj, g0) + load(hh_rz, rz0) + load_or_zero(b_hh, j));
+    const acc_t z = math::sigmoid(load(x_proj, g0 + H) + load(hh_rz, rz0 + H) +
+                                  load_or_zero(b_hh, H + j));
     gates[g0] = static_cast<scalar_t>(r);
     gates[g0 + H] = static_cast<scalar_t>(z);
     rh[k] = static_cast<scalar_t>(r * load(h, k));
@@ -287,7 +303,8 @@ struct GruResetBeforeStateStep {
   StepMask mask;
   int64_t H;
   const scalar_t* x_proj;  // [B, 3H]  W_ih x_t + b_ih
-  const scalar_t* hh_n;    // [B, H]   W_hn (r h_{t-1}) + b_hn
+  const scalar_t* hh_n;    // [B, H]   W_hn (r h_{t-1})
+  const scalar_t* b_hh;    // [3H]     or nullptr (b_hn is its last third)
   scalar_t* gates;         // [B, 3H]  reads z, writes n
   scalar_t* h;             // [B, H]   state, updated in place
   scalar_t* y;             // [B, H]   output row of step t
@@ -300,7 +317,8 @@ struct GruResetBeforeStateStep {
       y[k] = scalar_t(0);
       return;
     }
-    const acc_t n = math::tanh_(load(x_proj, g0 + 2 * H) + load(hh_n, k));
+    const acc_t n =
+        math::tanh_(load(x_proj, g0 + 2 * H) + load(hh_n, k) + load_or_zero(b_hh, 2 * H + j));
     const acc_t h_new = math::gru_new_state(n, load(gates, g0 + H), load(h, k));
     gates[g0 + 2 * H] = static_cast<scalar_t>(n);
     h[k] = static_cast<scalar_t>(h_new);
