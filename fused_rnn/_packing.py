@@ -49,5 +49,11 @@ def unpack(packed: PackedSequence, index: Tensor) -> Tensor:
 def pack_like(padded: Tensor, like: PackedSequence, index: Tensor) -> PackedSequence:
     """Padded (T, B, *) in original batch order -> PackedSequence with ``like``'s layout."""
     flat = padded.reshape((-1,) + tuple(padded.shape[2:]))
-    return PackedSequence(flat.index_select(0, index), like.batch_sizes, like.sorted_indices,
-                          like.unsorted_indices)
+    sorted_indices, unsorted_indices = like.sorted_indices, like.unsorted_indices
+    if index.device != padded.device:  # a placed module returns on its last layer's device
+        index = index.to(padded.device)
+        if sorted_indices is not None:
+            sorted_indices = sorted_indices.to(padded.device)
+            unsorted_indices = unsorted_indices.to(padded.device)
+    return PackedSequence(flat.index_select(0, index), like.batch_sizes, sorted_indices,
+                          unsorted_indices)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import _packing, functional
+from . import _packing, functional, placement
 
 __all__ = ["RNN", "LSTM", "GRU", "PeepholeLSTM"]
 
@@ -64,6 +64,9 @@ class _FusedRNNBase(nn.RNNBase):
     """Shared forward: input normalisation, checks, layers, directions, dropout, packing."""
 
     _num_states = 1  # 1: hx is a tensor h; 2 (LSTM): hx is a tuple (h, c)
+    # Set by place_layers (fused_rnn/placement.py): one device per layer, or None when unplaced.
+    _layer_devices: Optional[Tuple[torch.device, ...]] = None
+    _pipeline_chunks: int = 1
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int, bias: bool,
                  batch_first: bool, dropout: float, bidirectional: bool, proj_size: int, device,
@@ -79,6 +82,39 @@ class _FusedRNNBase(nn.RNNBase):
     def flatten_parameters(self) -> None:
         """No-op: the fused kernels use the parameters where they are (no cuDNN weight buffer)."""
 
+    # --- multi-device placement (the logic lives in fused_rnn/placement.py) --------------------
+
+    def place_layers(self, devices, *, pipeline_chunks: int = 1):
+        """Puts layer k's parameters on ``devices[k]`` (one device or device string per layer, any
+        mix of CPU and GPUs); the forward moves activations between devices. The input and hx may
+        be on any device; the output and final states come back on the last layer's device.
+        state_dict names are unchanged.
+
+        ``pipeline_chunks=k > 1`` cuts the time axis into k chunks and runs the layers as a
+        wavefront (layer l+1 on chunk j while layer l is on chunk j+1), so layers on different
+        devices overlap; results equal the unchunked run. Refused for bidirectional modules.
+
+        ``.to(device)``/``.cuda()``/``.cpu()`` move every layer to that one device and drop the
+        placement; dtype conversions keep it. ``place_layers(None)`` undoes it, gathering every
+        layer on the first layer's device. Returns self. See docs/placement.md.
+        """
+        return placement.place_layers(self, devices, pipeline_chunks)
+
+    @property
+    def layer_devices(self) -> Optional[Tuple[torch.device, ...]]:
+        """The device of each layer set by place_layers, or None when the module is not placed."""
+        return self._layer_devices
+
+    @property
+    def pipeline_chunks(self) -> int:
+        """The time chunks of the pipelined forward (1: not pipelined); set by place_layers."""
+        return self._pipeline_chunks
+
+    def _apply(self, fn, recurse=True):
+        ret = super()._apply(fn, recurse)
+        placement.after_apply(self)  # .to(device) & co. drop a placement they moved layers off
+        return ret
+
     def extra_repr(self) -> str:
         s = super().extra_repr()
         if self.input_dropout != 0:
@@ -87,7 +123,7 @@ class _FusedRNNBase(nn.RNNBase):
             s += f", output_dropout={self.output_dropout}"
         if self.backend != "fused":
             s += f", backend={self.backend!r}"
-        return s
+        return s + placement.describe(self)
 
     # --- per-layer weights and the one op call per layer and direction ------------------------
 
@@ -177,6 +213,8 @@ class _FusedRNNBase(nn.RNNBase):
     def _layers(self, x: Tensor, state: List[Tensor], lengths: Optional[Tensor]
                 ) -> Tuple[Tensor, List[Tensor]]:
         """All layers and directions over x (T, B, I): returns the output and the final states."""
+        if self._layer_devices is not None:  # placed on several devices and/or pipelined
+            return placement.run_layers(self, x, state, lengths)
         num_directions = 2 if self.bidirectional else 1
         final: List[List[Tensor]] = [[] for _ in state]
         layer_input = x

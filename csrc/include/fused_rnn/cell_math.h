@@ -13,6 +13,10 @@
 // Backward functions take the gradient flowing into the step's outputs and return the gradients
 // of its pre-activations and of the previous state; all derivatives are written through the
 // saved activations (σ' = s(1-s), tanh' = 1-t²), so no pre-activation has to be stored.
+//
+// T is a scalar (float, double) or, in the CPU kernels, a SIMD vector (at::vec::Vectorized) that
+// computes 8 or 4 neighbouring elements at once: so the math is written with arithmetic
+// operators and the helpers below only, never with branches on values.
 #pragma once
 
 #include <cmath>
@@ -30,22 +34,38 @@ FUSED_RNN_HD float exp_(float x) { return ::expf(x); }
 FUSED_RNN_HD double exp_(double x) { return ::exp(x); }
 FUSED_RNN_HD float tanh_(float x) { return ::tanhf(x); }
 FUSED_RNN_HD double tanh_(double x) { return ::tanh(x); }
+FUSED_RNN_HD float relu_(float x) { return x > 0.f ? x : 0.f; }
+FUSED_RNN_HD double relu_(double x) { return x > 0. ? x : 0.; }
+// dh where h = relu(a) > 0, else 0.
+FUSED_RNN_HD float relu_grad(float dh, float h) { return h > 0.f ? dh : 0.f; }
+FUSED_RNN_HD double relu_grad(double dh, double h) { return h > 0. ? dh : 0.; }
+
+// The same for SIMD vector types (host only): ATen's Vectorized methods (SLEEF for exp/tanh),
+// comparisons give all-ones lanes, so `&` selects.
+template <typename V>
+V exp_(const V& x) { return x.exp(); }
+template <typename V>
+V tanh_(const V& x) { return x.tanh(); }
+template <typename V>
+V relu_(const V& x) { return maximum(x, V(0)); }
+template <typename V>
+V relu_grad(const V& dh, const V& h) { return dh & (h > V(0)); }
 
 template <typename T>
 FUSED_RNN_HD T sigmoid(T x) {
-  return T(1) / (T(1) + exp_(-x));
+  return T(1) / (T(1) + exp_(T(0) - x));
 }
 
 // ---------------------------------------------------------------------------------------- Elman
 template <typename T>
 FUSED_RNN_HD T elman_forward(T a, bool relu) {
-  return relu ? (a > T(0) ? a : T(0)) : tanh_(a);
+  return relu ? relu_(a) : tanh_(a);
 }
 
 // dh: gradient w.r.t. h' = act(a); h: the saved h'. Returns d a.
 template <typename T>
 FUSED_RNN_HD T elman_backward(T dh, T h, bool relu) {
-  return relu ? (h > T(0) ? dh : T(0)) : dh * (T(1) - h * h);
+  return relu ? relu_grad(dh, h) : dh * (T(1) - h * h);
 }
 
 // ----------------------------------------------------------------------------------------- LSTM

@@ -1,6 +1,7 @@
 // One time step's fused pointwise pass of every cell, as plain structs of pointers with an
-// element function `operator()(b, j)`. The CPU launcher loops over (b, j) with at::parallel_for,
-// the CUDA launcher runs one thread per (b, j); both run exactly this code.
+// element function `apply(io, b, j)`. The CUDA launcher runs one thread per (b, j) with ScalarIO;
+// the CPU launcher runs each row b with a SIMD IO (8 columns at a time, csrc/cpu/) or ScalarIO.
+// Both run exactly this code: `io` only decides how many neighbouring columns one call covers.
 //
 // A step works on rows b in [0, B) and columns j in [0, H) (or [0, P) for the projection
 // steps). Buffer shapes are written next to each pointer; every buffer is contiguous. `scalar_t`
@@ -29,21 +30,30 @@ struct StepMask {
   FUSED_RNN_HD bool valid(int64_t b) const { return lengths == nullptr || t < lengths[b]; }
 };
 
+// One element at a time, in the compute type (float for half and bfloat16).
 template <typename scalar_t>
-FUSED_RNN_HD at::opmath_type<scalar_t> load(const scalar_t* p, int64_t k) {
-  return static_cast<at::opmath_type<scalar_t>>(p[k]);
-}
+struct ScalarIO {
+  using V = at::opmath_type<scalar_t>;
+  template <typename T>
+  FUSED_RNN_HD V load(const T* p, int64_t k) const { return static_cast<V>(p[k]); }
+  template <typename T>
+  FUSED_RNN_HD void store(T* p, int64_t k, V v) const { p[k] = static_cast<T>(v); }
+  // An optional vector (bias, peephole): 0 where absent.
+  template <typename T>
+  FUSED_RNN_HD V load_or_zero(const T* p, int64_t k) const { return p ? load(p, k) : V(0); }
+};
 
-// An optional vector (bias, peephole): 0 where absent.
-template <typename scalar_t>
-FUSED_RNN_HD at::opmath_type<scalar_t> load_or_zero(const scalar_t* p, int64_t k) {
-  return p ? static_cast<at::opmath_type<scalar_t>>(p[k]) : at::opmath_type<scalar_t>(0);
-}
+// What every step declares: its storage type, and its element function for one element (b, j),
+// which the CUDA kernel and the CPU's scalar fallback call.
+#define FUSED_RNN_STEP_COMMON                                \
+  using scalar_type = scalar_t;                              \
+  FUSED_RNN_HD void operator()(int64_t b, int64_t j) const { \
+    apply(ScalarIO<scalar_t>(), b, j);                       \
+  }
 
 // ============================================================================================ Elman
 template <typename scalar_t>
 struct ElmanForwardStep {
-  using acc_t = at::opmath_type<scalar_t>;
   StepMask mask;
   int64_t H;
   bool relu;
@@ -53,22 +63,24 @@ struct ElmanForwardStep {
   scalar_t* h;             // [B, H]  state, updated in place
   scalar_t* y;             // [B, H]  output row of step t
 
-  FUSED_RNN_HD void operator()(int64_t b, int64_t j) const {
+  FUSED_RNN_STEP_COMMON
+  template <class IO>
+  FUSED_RNN_HD void apply(const IO& io, int64_t b, int64_t j) const {
+    using V = typename IO::V;
     const int64_t k = b * H + j;
     if (!mask.valid(b)) {
-      y[k] = scalar_t(0);
+      io.store(y, k, V(0));
       return;
     }
-    const acc_t a = load(x_proj, k) + load(hh, k) + load_or_zero(b_hh, j);
-    const acc_t h_new = math::elman_forward(a, relu);
-    h[k] = static_cast<scalar_t>(h_new);
-    y[k] = static_cast<scalar_t>(h_new);
+    const V a = io.load(x_proj, k) + io.load(hh, k) + io.load_or_zero(b_hh, j);
+    const V h_new = math::elman_forward(a, relu);
+    io.store(h, k, h_new);
+    io.store(y, k, h_new);
   }
 };
 
 template <typename scalar_t>
 struct ElmanBackwardStep {
-  using acc_t = at::opmath_type<scalar_t>;
   StepMask mask;
   int64_t H;
   bool relu;
@@ -78,15 +90,18 @@ struct ElmanBackwardStep {
                            //         does not go through W_hh (the caller adds d a W_hh)
   scalar_t* d_a;           // [B, H]  d pre-activation = d x_proj_t = d hh_t
 
-  FUSED_RNN_HD void operator()(int64_t b, int64_t j) const {
+  FUSED_RNN_STEP_COMMON
+  template <class IO>
+  FUSED_RNN_HD void apply(const IO& io, int64_t b, int64_t j) const {
+    using V = typename IO::V;
     const int64_t k = b * H + j;
     if (!mask.valid(b)) {  // y_t is a constant 0 here: dh passes through unchanged
-      d_a[k] = scalar_t(0);
+      io.store(d_a, k, V(0));
       return;
     }
-    const acc_t dh_t = load(dh, k) + load(grad_y, k);
-    d_a[k] = static_cast<scalar_t>(math::elman_backward(dh_t, load(y, k), relu));
-    dh[k] = scalar_t(0);
+    const V dh_t = io.load(dh, k) + io.load(grad_y, k);
+    io.store(d_a, k, math::elman_backward(dh_t, io.load(y, k), relu));
+    io.store(dh, k, V(0));
   }
 };
 
@@ -109,38 +124,41 @@ struct LstmForwardStep {
   scalar_t* gates;         // [B, 4H]  saved i, f, g, o for backward, or nullptr (inference)
   acc_t* c_saved;          // [B, H]   saved c_t for backward, or nullptr (inference)
 
-  FUSED_RNN_HD void operator()(int64_t b, int64_t j) const {
+  FUSED_RNN_STEP_COMMON
+  template <class IO>
+  FUSED_RNN_HD void apply(const IO& io, int64_t b, int64_t j) const {
+    using V = typename IO::V;
     const int64_t k = b * H + j;
     const int64_t g0 = b * 4 * H + j;
-    const acc_t c_prev = c[k];
+    const V c_prev = io.load(c, k);
     if (!mask.valid(b)) {
-      if (y) y[k] = scalar_t(0);
-      if (m) m[k] = scalar_t(0);
+      if (y) io.store(y, k, V(0));
+      if (m) io.store(m, k, V(0));
       if (gates) {
-        for (int q = 0; q < 4; ++q) gates[g0 + q * H] = scalar_t(0);
+        for (int q = 0; q < 4; ++q) io.store(gates, g0 + q * H, V(0));
       }
-      if (c_saved) c_saved[k] = c_prev;
+      if (c_saved) io.store(c_saved, k, c_prev);
       return;
     }
-    acc_t a[4];
+    V a[4];
     for (int q = 0; q < 4; ++q) {
-      a[q] = load(x_proj, g0 + q * H) + load(hh, g0 + q * H) + load_or_zero(b_hh, q * H + j);
+      a[q] = io.load(x_proj, g0 + q * H) + io.load(hh, g0 + q * H) + io.load_or_zero(b_hh, q * H + j);
     }
-    const acc_t p_i = load_or_zero(w_ch, j);
-    const acc_t p_f = load_or_zero(w_ch, H + j);
-    const acc_t p_o = load_or_zero(w_ch, 2 * H + j);
+    const V p_i = io.load_or_zero(w_ch, j);
+    const V p_f = io.load_or_zero(w_ch, H + j);
+    const V p_o = io.load_or_zero(w_ch, 2 * H + j);
     const auto s = math::lstm_forward(a[0], a[1], a[2], a[3], c_prev, p_i, p_f, p_o);
-    c[k] = s.c;
-    if (h) h[k] = static_cast<scalar_t>(s.h);
-    if (y) y[k] = static_cast<scalar_t>(s.h);
-    if (m) m[k] = static_cast<scalar_t>(s.h);
+    io.store(c, k, s.c);
+    if (h) io.store(h, k, s.h);
+    if (y) io.store(y, k, s.h);
+    if (m) io.store(m, k, s.h);
     if (gates) {
-      gates[g0] = static_cast<scalar_t>(s.i);
-      gates[g0 + H] = static_cast<scalar_t>(s.f);
-      gates[g0 + 2 * H] = static_cast<scalar_t>(s.g);
-      gates[g0 + 3 * H] = static_cast<scalar_t>(s.o);
+      io.store(gates, g0, s.i);
+      io.store(gates, g0 + H, s.f);
+      io.store(gates, g0 + 2 * H, s.g);
+      io.store(gates, g0 + 3 * H, s.o);
     }
-    if (c_saved) c_saved[k] = s.c;
+    if (c_saved) io.store(c_saved, k, s.c);
   }
 };
 
@@ -160,33 +178,35 @@ struct LstmBackwardStep {
   acc_t* dc;               // [B, H]   in: d c_t from step t+1; out: d c_{t-1}
   scalar_t* d_gates;       // [B, 4H]  d pre-activations = d x_proj_t = d hh_t
 
-  FUSED_RNN_HD void operator()(int64_t b, int64_t j) const {
+  FUSED_RNN_STEP_COMMON
+  template <class IO>
+  FUSED_RNN_HD void apply(const IO& io, int64_t b, int64_t j) const {
+    using V = typename IO::V;
     const int64_t k = b * H + j;
     const int64_t g0 = b * 4 * H + j;
     if (!mask.valid(b)) {  // y_t is a constant 0 here: dh and dc pass through unchanged
-      for (int q = 0; q < 4; ++q) d_gates[g0 + q * H] = scalar_t(0);
+      for (int q = 0; q < 4; ++q) io.store(d_gates, g0 + q * H, V(0));
       return;
     }
-    const acc_t dh_t = load(dh, k) + (grad_y ? load(grad_y, k) : acc_t(0));
-    const acc_t p_i = load_or_zero(w_ch, j);
-    const acc_t p_f = load_or_zero(w_ch, H + j);
-    const acc_t p_o = load_or_zero(w_ch, 2 * H + j);
-    const auto d = math::lstm_backward(dh_t, dc[k], load(gates, g0), load(gates, g0 + H),
-                                       load(gates, g0 + 2 * H), load(gates, g0 + 3 * H), c_t[k],
-                                       c_prev[k], p_i, p_f, p_o);
-    d_gates[g0] = static_cast<scalar_t>(d.a_i);
-    d_gates[g0 + H] = static_cast<scalar_t>(d.a_f);
-    d_gates[g0 + 2 * H] = static_cast<scalar_t>(d.a_g);
-    d_gates[g0 + 3 * H] = static_cast<scalar_t>(d.a_o);
-    dc[k] = d.c_prev;
-    if (carry_h) dh[k] = scalar_t(0);
+    const V dh_t = io.load(dh, k) + (grad_y ? io.load(grad_y, k) : V(0));
+    const V p_i = io.load_or_zero(w_ch, j);
+    const V p_f = io.load_or_zero(w_ch, H + j);
+    const V p_o = io.load_or_zero(w_ch, 2 * H + j);
+    const auto d = math::lstm_backward(
+        dh_t, io.load(dc, k), io.load(gates, g0), io.load(gates, g0 + H), io.load(gates, g0 + 2 * H),
+        io.load(gates, g0 + 3 * H), io.load(c_t, k), io.load(c_prev, k), p_i, p_f, p_o);
+    io.store(d_gates, g0, d.a_i);
+    io.store(d_gates, g0 + H, d.a_f);
+    io.store(d_gates, g0 + 2 * H, d.a_g);
+    io.store(d_gates, g0 + 3 * H, d.a_o);
+    io.store(dc, k, d.c_prev);
+    if (carry_h) io.store(dh, k, V(0));
   }
 };
 
 // ============================================================================ GRU, reset_after=True
 template <typename scalar_t>
 struct GruForwardStep {
-  using acc_t = at::opmath_type<scalar_t>;
   StepMask mask;
   int64_t H;
   const scalar_t* x_proj;  // [B, 3H]  W_ih x_t + b_ih, gates r, z, n
@@ -197,37 +217,39 @@ struct GruForwardStep {
   scalar_t* gates;         // [B, 3H]  saved r, z, n, or nullptr (inference)
   scalar_t* hh_n;          // [B, H]   saved W_hn h_{t-1} + b_hn, or nullptr (inference)
 
-  FUSED_RNN_HD void operator()(int64_t b, int64_t j) const {
+  FUSED_RNN_STEP_COMMON
+  template <class IO>
+  FUSED_RNN_HD void apply(const IO& io, int64_t b, int64_t j) const {
+    using V = typename IO::V;
     const int64_t k = b * H + j;
     const int64_t g0 = b * 3 * H + j;
     if (!mask.valid(b)) {
-      y[k] = scalar_t(0);
+      io.store(y, k, V(0));
       if (gates) {
-        for (int q = 0; q < 3; ++q) gates[g0 + q * H] = scalar_t(0);
-        hh_n[k] = scalar_t(0);
+        for (int q = 0; q < 3; ++q) io.store(gates, g0 + q * H, V(0));
+        io.store(hh_n, k, V(0));
       }
       return;
     }
-    const acc_t r = math::sigmoid(load(x_proj, g0) + load(hh, g0) + load_or_zero(b_hh, j));
-    const acc_t z =
-        math::sigmoid(load(x_proj, g0 + H) + load(hh, g0 + H) + load_or_zero(b_hh, H + j));
-    const acc_t hn = load(hh, g0 + 2 * H) + load_or_zero(b_hh, 2 * H + j);
-    const acc_t n = math::tanh_(load(x_proj, g0 + 2 * H) + r * hn);
-    const acc_t h_new = math::gru_new_state(n, z, load(h, k));
-    h[k] = static_cast<scalar_t>(h_new);
-    y[k] = static_cast<scalar_t>(h_new);
+    const V r = math::sigmoid(io.load(x_proj, g0) + io.load(hh, g0) + io.load_or_zero(b_hh, j));
+    const V z =
+        math::sigmoid(io.load(x_proj, g0 + H) + io.load(hh, g0 + H) + io.load_or_zero(b_hh, H + j));
+    const V hn = io.load(hh, g0 + 2 * H) + io.load_or_zero(b_hh, 2 * H + j);
+    const V n = math::tanh_(io.load(x_proj, g0 + 2 * H) + r * hn);
+    const V h_new = math::gru_new_state(n, z, io.load(h, k));
+    io.store(h, k, h_new);
+    io.store(y, k, h_new);
     if (gates) {
-      gates[g0] = static_cast<scalar_t>(r);
-      gates[g0 + H] = static_cast<scalar_t>(z);
-      gates[g0 + 2 * H] = static_cast<scalar_t>(n);
-      hh_n[k] = static_cast<scalar_t>(hn);
+      io.store(gates, g0, r);
+      io.store(gates, g0 + H, z);
+      io.store(gates, g0 + 2 * H, n);
+      io.store(hh_n, k, hn);
     }
   }
 };
 
 template <typename scalar_t>
 struct GruBackwardStep {
-  using acc_t = at::opmath_type<scalar_t>;
   StepMask mask;
   int64_t H;
   const scalar_t* grad_y;  // [B, H]   d loss / d y_t
@@ -239,28 +261,31 @@ struct GruBackwardStep {
   scalar_t* d_x;           // [B, 3H]  d x_proj_t
   scalar_t* d_hh;          // [B, 3H]  d hh_t (differs from d x_proj_t in the n gate: × r)
 
-  FUSED_RNN_HD void operator()(int64_t b, int64_t j) const {
+  FUSED_RNN_STEP_COMMON
+  template <class IO>
+  FUSED_RNN_HD void apply(const IO& io, int64_t b, int64_t j) const {
+    using V = typename IO::V;
     const int64_t k = b * H + j;
     const int64_t g0 = b * 3 * H + j;
     if (!mask.valid(b)) {  // y_t is a constant 0 here: dh passes through unchanged
       for (int q = 0; q < 3; ++q) {
-        d_x[g0 + q * H] = scalar_t(0);
-        d_hh[g0 + q * H] = scalar_t(0);
+        io.store(d_x, g0 + q * H, V(0));
+        io.store(d_hh, g0 + q * H, V(0));
       }
       return;
     }
-    const acc_t dh_t = load(dh, k) + load(grad_y, k);
-    const acc_t r = load(gates, g0);
-    const auto d = math::gru_backward_zn(dh_t, load(gates, g0 + H), load(gates, g0 + 2 * H),
-                                         load(h_prev, k));
-    const acc_t a_r = math::gru_backward_r(d.a_n, load(hh_n, k), r);
-    d_x[g0] = static_cast<scalar_t>(a_r);
-    d_x[g0 + H] = static_cast<scalar_t>(d.a_z);
-    d_x[g0 + 2 * H] = static_cast<scalar_t>(d.a_n);
-    d_hh[g0] = static_cast<scalar_t>(a_r);
-    d_hh[g0 + H] = static_cast<scalar_t>(d.a_z);
-    d_hh[g0 + 2 * H] = static_cast<scalar_t>(d.a_n * r);
-    dh[k] = static_cast<scalar_t>(d.h_prev);
+    const V dh_t = io.load(dh, k) + io.load(grad_y, k);
+    const V r = io.load(gates, g0);
+    const auto d = math::gru_backward_zn(dh_t, io.load(gates, g0 + H), io.load(gates, g0 + 2 * H),
+                                         io.load(h_prev, k));
+    const V a_r = math::gru_backward_r(d.a_n, io.load(hh_n, k), r);
+    io.store(d_x, g0, a_r);
+    io.store(d_x, g0 + H, d.a_z);
+    io.store(d_x, g0 + 2 * H, d.a_n);
+    io.store(d_hh, g0, a_r);
+    io.store(d_hh, g0 + H, d.a_z);
+    io.store(d_hh, g0 + 2 * H, d.a_n * r);
+    io.store(dh, k, d.h_prev);
   }
 };
 
@@ -268,7 +293,6 @@ struct GruBackwardStep {
 // Forward runs two GEMMs a step: hh_rz = W_h{r,z} h, then hh_n = W_hn (r h); biases are added here.
 template <typename scalar_t>
 struct GruResetBeforeGatesStep {
-  using acc_t = at::opmath_type<scalar_t>;
   StepMask mask;
   int64_t H;
   const scalar_t* x_proj;  // [B, 3H]  W_ih x_t + b_ih, gates r, z, n
@@ -278,28 +302,30 @@ struct GruResetBeforeGatesStep {
   scalar_t* rh;            // [B, H]   r h_{t-1}, the input of the second GEMM
   scalar_t* gates;         // [B, 3H]  r, z written here (n by the state step); always set
 
-  FUSED_RNN_HD void operator()(int64_t b, int64_t j) const {
+  FUSED_RNN_STEP_COMMON
+  template <class IO>
+  FUSED_RNN_HD void apply(const IO& io, int64_t b, int64_t j) const {
+    using V = typename IO::V;
     const int64_t k = b * H + j;
     const int64_t g0 = b * 3 * H + j;
     if (!mask.valid(b)) {
-      gates[g0] = scalar_t(0);
-      gates[g0 + H] = scalar_t(0);
-      rh[k] = scalar_t(0);
+      io.store(gates, g0, V(0));
+      io.store(gates, g0 + H, V(0));
+      io.store(rh, k, V(0));
       return;
     }
     const int64_t rz0 = b * 2 * H + j;
-    const acc_t r = math::sigmoid(load(x_proj, g0) + load(hh_rz, rz0) + load_or_zero(b_hh, j));
-    const acc_t z = math::sigmoid(load(x_proj, g0 + H) + load(hh_rz, rz0 + H) +
-                                  load_or_zero(b_hh, H + j));
-    gates[g0] = static_cast<scalar_t>(r);
-    gates[g0 + H] = static_cast<scalar_t>(z);
-    rh[k] = static_cast<scalar_t>(r * load(h, k));
+    const V r = math::sigmoid(io.load(x_proj, g0) + io.load(hh_rz, rz0) + io.load_or_zero(b_hh, j));
+    const V z = math::sigmoid(io.load(x_proj, g0 + H) + io.load(hh_rz, rz0 + H) +
+                                  io.load_or_zero(b_hh, H + j));
+    io.store(gates, g0, r);
+    io.store(gates, g0 + H, z);
+    io.store(rh, k, r * io.load(h, k));
   }
 };
 
 template <typename scalar_t>
 struct GruResetBeforeStateStep {
-  using acc_t = at::opmath_type<scalar_t>;
   StepMask mask;
   int64_t H;
   const scalar_t* x_proj;  // [B, 3H]  W_ih x_t + b_ih
@@ -309,20 +335,23 @@ struct GruResetBeforeStateStep {
   scalar_t* h;             // [B, H]   state, updated in place
   scalar_t* y;             // [B, H]   output row of step t
 
-  FUSED_RNN_HD void operator()(int64_t b, int64_t j) const {
+  FUSED_RNN_STEP_COMMON
+  template <class IO>
+  FUSED_RNN_HD void apply(const IO& io, int64_t b, int64_t j) const {
+    using V = typename IO::V;
     const int64_t k = b * H + j;
     const int64_t g0 = b * 3 * H + j;
     if (!mask.valid(b)) {
-      gates[g0 + 2 * H] = scalar_t(0);
-      y[k] = scalar_t(0);
+      io.store(gates, g0 + 2 * H, V(0));
+      io.store(y, k, V(0));
       return;
     }
-    const acc_t n =
-        math::tanh_(load(x_proj, g0 + 2 * H) + load(hh_n, k) + load_or_zero(b_hh, 2 * H + j));
-    const acc_t h_new = math::gru_new_state(n, load(gates, g0 + H), load(h, k));
-    gates[g0 + 2 * H] = static_cast<scalar_t>(n);
-    h[k] = static_cast<scalar_t>(h_new);
-    y[k] = static_cast<scalar_t>(h_new);
+    const V n =
+        math::tanh_(io.load(x_proj, g0 + 2 * H) + io.load(hh_n, k) + io.load_or_zero(b_hh, 2 * H + j));
+    const V h_new = math::gru_new_state(n, io.load(gates, g0 + H), io.load(h, k));
+    io.store(gates, g0 + 2 * H, n);
+    io.store(h, k, h_new);
+    io.store(y, k, h_new);
   }
 };
 
@@ -330,7 +359,6 @@ struct GruResetBeforeStateStep {
 // runs GruResetBeforeBackwardRStep for d a_r and the part of d h_{t-1} through r h.
 template <typename scalar_t>
 struct GruResetBeforeBackwardZnStep {
-  using acc_t = at::opmath_type<scalar_t>;
   StepMask mask;
   int64_t H;
   const scalar_t* grad_y;  // [B, H]   d loss / d y_t
@@ -339,26 +367,28 @@ struct GruResetBeforeBackwardZnStep {
   scalar_t* dh;            // [B, H]   in: d h_t from step t+1; out: the direct part of d h_{t-1}
   scalar_t* d_x;           // [B, 3H]  d x_proj_t: z and n written here, r by the next step
 
-  FUSED_RNN_HD void operator()(int64_t b, int64_t j) const {
+  FUSED_RNN_STEP_COMMON
+  template <class IO>
+  FUSED_RNN_HD void apply(const IO& io, int64_t b, int64_t j) const {
+    using V = typename IO::V;
     const int64_t k = b * H + j;
     const int64_t g0 = b * 3 * H + j;
     if (!mask.valid(b)) {  // y_t is a constant 0 here: dh passes through unchanged
-      d_x[g0 + H] = scalar_t(0);
-      d_x[g0 + 2 * H] = scalar_t(0);
+      io.store(d_x, g0 + H, V(0));
+      io.store(d_x, g0 + 2 * H, V(0));
       return;
     }
-    const acc_t dh_t = load(dh, k) + load(grad_y, k);
-    const auto d = math::gru_backward_zn(dh_t, load(gates, g0 + H), load(gates, g0 + 2 * H),
-                                         load(h_prev, k));
-    d_x[g0 + H] = static_cast<scalar_t>(d.a_z);
-    d_x[g0 + 2 * H] = static_cast<scalar_t>(d.a_n);
-    dh[k] = static_cast<scalar_t>(d.h_prev);
+    const V dh_t = io.load(dh, k) + io.load(grad_y, k);
+    const auto d = math::gru_backward_zn(dh_t, io.load(gates, g0 + H), io.load(gates, g0 + 2 * H),
+                                         io.load(h_prev, k));
+    io.store(d_x, g0 + H, d.a_z);
+    io.store(d_x, g0 + 2 * H, d.a_n);
+    io.store(dh, k, d.h_prev);
   }
 };
 
 template <typename scalar_t>
 struct GruResetBeforeBackwardRStep {
-  using acc_t = at::opmath_type<scalar_t>;
   StepMask mask;
   int64_t H;
   const scalar_t* d_rh;    // [B, H]   d (r h_{t-1}) = d a_n W_hn
@@ -367,17 +397,20 @@ struct GruResetBeforeBackwardRStep {
   scalar_t* dh;            // [B, H]   d h_{t-1}, accumulated: += d(r h) r
   scalar_t* d_x;           // [B, 3H]  d x_proj_t: the r gate
 
-  FUSED_RNN_HD void operator()(int64_t b, int64_t j) const {
+  FUSED_RNN_STEP_COMMON
+  template <class IO>
+  FUSED_RNN_HD void apply(const IO& io, int64_t b, int64_t j) const {
+    using V = typename IO::V;
     const int64_t k = b * H + j;
     const int64_t g0 = b * 3 * H + j;
     if (!mask.valid(b)) {
-      d_x[g0] = scalar_t(0);
+      io.store(d_x, g0, V(0));
       return;
     }
-    const acc_t r = load(gates, g0);
-    const acc_t d_product = load(d_rh, k);
-    d_x[g0] = static_cast<scalar_t>(math::gru_backward_r(d_product, load(h_prev, k), r));
-    dh[k] = static_cast<scalar_t>(load(dh, k) + d_product * r);
+    const V r = io.load(gates, g0);
+    const V d_product = io.load(d_rh, k);
+    io.store(d_x, g0, math::gru_backward_r(d_product, io.load(h_prev, k), r));
+    io.store(dh, k, io.load(dh, k) + d_product * r);
   }
 };
 
@@ -391,14 +424,18 @@ struct MaskedStateStep {
   scalar_t* h;            // [B, P]  state, updated in place where valid
   scalar_t* y;            // [B, P]  output row of step t
 
-  FUSED_RNN_HD void operator()(int64_t b, int64_t j) const {
+  FUSED_RNN_STEP_COMMON
+  template <class IO>
+  FUSED_RNN_HD void apply(const IO& io, int64_t b, int64_t j) const {
+    using V = typename IO::V;
     const int64_t k = b * P + j;
     if (!mask.valid(b)) {
-      y[k] = scalar_t(0);
+      io.store(y, k, V(0));
       return;
     }
-    h[k] = h_new[k];
-    y[k] = h_new[k];
+    const V h_t = io.load(h_new, k);
+    io.store(h, k, h_t);
+    io.store(y, k, h_t);
   }
 };
 
@@ -406,21 +443,23 @@ struct MaskedStateStep {
 // GEMM d m_t = d h_t W_hr (and keep it for d W_hr); masked rows carry it to step t-1.
 template <typename scalar_t>
 struct ProjectionCarryStep {
-  using acc_t = at::opmath_type<scalar_t>;
   StepMask mask;
   int64_t P;
   const scalar_t* grad_y;  // [B, P]  d loss / d y_t
   scalar_t* carry;         // [B, P]  in: d h_t from step t+1; out: the masked rows' pass-through
   scalar_t* dh_valid;      // [B, P]  d h_t of valid rows, 0 for masked rows
 
-  FUSED_RNN_HD void operator()(int64_t b, int64_t j) const {
+  FUSED_RNN_STEP_COMMON
+  template <class IO>
+  FUSED_RNN_HD void apply(const IO& io, int64_t b, int64_t j) const {
+    using V = typename IO::V;
     const int64_t k = b * P + j;
     if (!mask.valid(b)) {  // y_t is a constant 0 here: the carry passes through unchanged
-      dh_valid[k] = scalar_t(0);
+      io.store(dh_valid, k, V(0));
       return;
     }
-    dh_valid[k] = static_cast<scalar_t>(load(carry, k) + load(grad_y, k));
-    carry[k] = scalar_t(0);
+    io.store(dh_valid, k, io.load(carry, k) + io.load(grad_y, k));
+    io.store(carry, k, V(0));
   }
 };
 
