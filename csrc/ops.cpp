@@ -7,26 +7,28 @@
 TORCH_LIBRARY(fused_rnn, m) {
   m.def(
       "elman_forward(Tensor x_proj, Tensor h0, Tensor w_hh, Tensor? b_hh, Tensor? lengths, "
-      "bool reverse, bool relu) -> (Tensor y, Tensor h_n)");
+      "Tensor? state_mask, bool reverse, bool relu) -> (Tensor y, Tensor h_n)");
   m.def(
       "elman_backward(Tensor grad_y, Tensor grad_h_n, Tensor y, Tensor h0, Tensor w_hh, "
-      "Tensor? lengths, bool reverse, bool relu) "
+      "Tensor? lengths, Tensor? state_mask, bool reverse, bool relu) "
       "-> (Tensor grad_x_proj, Tensor grad_h0, Tensor grad_w_hh, Tensor grad_b_hh)");
   m.def(
       "lstm_forward(Tensor x_proj, Tensor h0, Tensor c0, Tensor w_hh, Tensor? b_hh, Tensor? w_ch, "
-      "Tensor? w_hr, Tensor? lengths, bool reverse, bool training) "
+      "Tensor? w_hr, Tensor? lengths, Tensor? state_mask, bool reverse, bool training) "
       "-> (Tensor y, Tensor h_n, Tensor c_n, Tensor gates, Tensor c_all)");
   m.def(
       "lstm_backward(Tensor grad_y, Tensor grad_h_n, Tensor grad_c_n, Tensor y, Tensor gates, "
       "Tensor c_all, Tensor h0, Tensor c0, Tensor w_hh, Tensor? w_ch, Tensor? w_hr, "
-      "Tensor? lengths, bool reverse) -> (Tensor grad_x_proj, Tensor grad_h0, Tensor grad_c0, "
+      "Tensor? lengths, Tensor? state_mask, bool reverse) "
+      "-> (Tensor grad_x_proj, Tensor grad_h0, Tensor grad_c0, "
       "Tensor grad_w_hh, Tensor grad_b_hh, Tensor grad_w_ch, Tensor grad_w_hr)");
   m.def(
       "gru_forward(Tensor x_proj, Tensor h0, Tensor w_hh, Tensor? b_hh, Tensor? lengths, "
-      "bool reverse, bool reset_after, bool training) "
+      "Tensor? state_mask, bool reverse, bool reset_after, bool training) "
       "-> (Tensor y, Tensor h_n, Tensor gates, Tensor hh_n)");
   m.def(
       "gru_backward(Tensor grad_y, Tensor grad_h_n, Tensor y, Tensor gates, Tensor hh_n, "
-      "Tensor h0, Tensor w_hh, Tensor? lengths, bool reverse, bool reset_after) "
+      "Tensor h0, Tensor w_hh, Tensor? lengths, Tensor? state_mask, bool reverse, "
+      "bool reset_after) "
       "-> (Tensor grad_x_proj, Tensor grad_h0, Tensor grad_w_hh, Tensor grad_b_hh)");
 }

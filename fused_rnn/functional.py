@@ -14,6 +14,9 @@ Shapes (G = gates per cell: Elman 1, GRU 3, LSTM 4; P = proj_size or H):
     lengths  (B,) integer, values in [0, T]; None means every sequence has length T.
     returns  y (T, B, P) with zeros at t >= lengths[b]; h_n (B, P); c_n (B, H)
 
+``state_mask`` (B, P), optional: recurrent-state dropout (variational). The recurrent GEMMs see
+h ⊙ state_mask (entries 0 or 1/(1-p), one mask for the whole sequence); the state itself is not
+dropped. The modules' ``state_dropout`` draws it.
 ``reverse=True`` runs the sequence backwards in time, each sequence starting from its own last
 valid step ``lengths[b] - 1`` (the reverse half of a bidirectional layer).
 ``backend="reference"`` runs fused_rnn.reference instead (the readable pure-PyTorch oracle).
@@ -80,57 +83,60 @@ def _project_input(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor]) -> Tensor:
 
 def rnn(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
         b_hh: Optional[Tensor] = None, *, nonlinearity: str = "tanh", lengths: Optional[Tensor] = None,
-        reverse: bool = False, backend: str = "fused") -> Tuple[Tensor, Tensor]:
+        reverse: bool = False, state_mask: Optional[Tensor] = None,
+        backend: str = "fused") -> Tuple[Tensor, Tensor]:
     """Elman RNN: h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu. Returns (y, h_n)."""
     _check_backend(backend)
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
     if backend == "reference":
         return reference.rnn(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity=nonlinearity,
-                             lengths=lengths, reverse=reverse)
+                             lengths=lengths, reverse=reverse, state_mask=state_mask)
     _check_sequence(x, h0, w_ih)
     lengths = prepare_lengths(lengths, x.size(1), x.size(0), x.device)
     x_proj = _project_input(x, w_ih, b_ih)
-    return _ops.elman(x_proj, h0, w_hh, b_hh, lengths, reverse, nonlinearity == "relu")
+    return _ops.elman(x_proj, h0, w_hh, b_hh, lengths, state_mask, reverse, nonlinearity == "relu")
 
 
 def lstm(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
          b_hh: Optional[Tensor] = None, *, w_hr: Optional[Tensor] = None,
          lengths: Optional[Tensor] = None, reverse: bool = False,
-         backend: str = "fused") -> Tuple[Tensor, Tensor, Tensor]:
+         state_mask: Optional[Tensor] = None, backend: str = "fused") -> Tuple[Tensor, Tensor, Tensor]:
     """LSTM (gate order i, f, g, o), optional projection w_hr. Returns (y, h_n, c_n)."""
     return peephole_lstm(x, h0, c0, w_ih, w_hh, None, b_ih, b_hh, w_hr=w_hr, lengths=lengths,
-                         reverse=reverse, backend=backend)
+                         reverse=reverse, state_mask=state_mask, backend=backend)
 
 
 def peephole_lstm(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, w_ch: Optional[Tensor],
                   b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None, *,
                   w_hr: Optional[Tensor] = None, lengths: Optional[Tensor] = None,
-                  reverse: bool = False, backend: str = "fused") -> Tuple[Tensor, Tensor, Tensor]:
+                  reverse: bool = False, state_mask: Optional[Tensor] = None,
+                  backend: str = "fused") -> Tuple[Tensor, Tensor, Tensor]:
     """LSTM with diagonal peepholes w_ch = (p_i, p_f, p_o), each (H,):
     i = σ(a_i + p_i⊙c), f = σ(a_f + p_f⊙c), c' = f⊙c + i⊙g, o = σ(a_o + p_o⊙c'), h' = o⊙tanh(c').
     ``w_ch=None`` is the plain LSTM. Returns (y, h_n, c_n)."""
     _check_backend(backend)
     if backend == "reference":
         return reference.peephole_lstm(x, h0, c0, w_ih, w_hh, w_ch, b_ih, b_hh, w_hr=w_hr,
-                                       lengths=lengths, reverse=reverse)
+                                       lengths=lengths, reverse=reverse, state_mask=state_mask)
     _check_sequence(x, h0, w_ih)
     lengths = prepare_lengths(lengths, x.size(1), x.size(0), x.device)
     x_proj = _project_input(x, w_ih, b_ih)
-    return _ops.lstm(x_proj, h0, c0, w_hh, b_hh, w_ch, w_hr, lengths, reverse)
+    return _ops.lstm(x_proj, h0, c0, w_hh, b_hh, w_ch, w_hr, lengths, state_mask, reverse)
 
 
 def gru(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
         b_hh: Optional[Tensor] = None, *, reset_after: bool = True, lengths: Optional[Tensor] = None,
-        reverse: bool = False, backend: str = "fused") -> Tuple[Tensor, Tensor]:
+        reverse: bool = False, state_mask: Optional[Tensor] = None,
+        backend: str = "fused") -> Tuple[Tensor, Tensor]:
     """GRU (gate order r, z, n). reset_after=True is torch/cuDNN's
     n = tanh(W_in x + b_in + r⊙(W_hn h + b_hn)); reset_after=False is the original (TF GRUCell)
     n = tanh(W_in x + b_in + W_hn (r⊙h) + b_hn). h' = (1-z)⊙n + z⊙h. Returns (y, h_n)."""
     _check_backend(backend)
     if backend == "reference":
         return reference.gru(x, h0, w_ih, w_hh, b_ih, b_hh, reset_after=reset_after,
-                             lengths=lengths, reverse=reverse)
+                             lengths=lengths, reverse=reverse, state_mask=state_mask)
     _check_sequence(x, h0, w_ih)
     lengths = prepare_lengths(lengths, x.size(1), x.size(0), x.device)
     x_proj = _project_input(x, w_ih, b_ih)
-    return _ops.gru(x_proj, h0, w_hh, b_hh, lengths, reverse, reset_after)
+    return _ops.gru(x_proj, h0, w_hh, b_hh, lengths, state_mask, reverse, reset_after)

@@ -32,9 +32,14 @@ _COMMON_DOC = """
         bidirectional layer see the same dropped input. Default 0.
     output_dropout: the same for each layer's output sequence, the last layer included (after
         concatenating the directions; the returned final states are not dropped). Default 0.
+    state_dropout: recurrent-state dropout (Gal & Ghahramani's variational RNN dropout; TF's
+        ``DropoutWrapper(state_keep_prob=, variational_recurrent=True)``): the recurrent weights of
+        each layer and direction see h ⊙ m, with one mask m of shape (B, hidden or proj size) per
+        forward call held across all time steps (scaled by 1 / (1 - p)). The state itself, the
+        outputs and GRU's z⊙h term are not dropped. Runs inside the fused op. Default 0.
         Both are active only in ``train()`` mode; ``eval()`` is deterministic. They combine with
         torch's ``dropout`` (a fresh mask at every step, between layers only), which comes after
-        ``output_dropout``.
+        ``output_dropout``. All are active only in ``train()`` mode.
     backend: ``"fused"`` (the compiled kernels, default) or ``"reference"`` (fused_rnn.reference,
         the readable pure-PyTorch oracle); see fused_rnn.functional.
 
@@ -54,10 +59,14 @@ def _check_probability(name: str, p) -> float:
     return float(p)
 
 
+def _dropout_mask(shape: Tuple[int, ...], p: float, like: Tensor) -> Tensor:
+    """An inverted-dropout mask of ``shape`` (entries 0 or 1 / (1 - p)) like ``like``."""
+    return F.dropout(like.new_ones(shape), p, training=True)
+
+
 def _variational_dropout(x: Tensor, p: float) -> Tensor:
     """x (T, B, F) times one inverted-dropout mask (1, B, F) shared by all time steps."""
-    mask = F.dropout(x.new_ones((1,) + tuple(x.shape[1:])), p, training=True)
-    return x * mask
+    return x * _dropout_mask((1,) + tuple(x.shape[1:]), p, x)
 
 
 class _FusedRNNBase(nn.RNNBase):
@@ -70,13 +79,15 @@ class _FusedRNNBase(nn.RNNBase):
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int, bias: bool,
                  batch_first: bool, dropout: float, bidirectional: bool, proj_size: int, device,
-                 dtype, input_dropout: float, output_dropout: float, backend: str) -> None:
+                 dtype, input_dropout: float, output_dropout: float, state_dropout: float,
+                 backend: str) -> None:
         if backend not in _BACKENDS:
             raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
         super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, proj_size, device=device, dtype=dtype)
         self.input_dropout = _check_probability("input_dropout", input_dropout)
         self.output_dropout = _check_probability("output_dropout", output_dropout)
+        self.state_dropout = _check_probability("state_dropout", state_dropout)
         self.backend = backend
 
     def flatten_parameters(self) -> None:
@@ -121,6 +132,8 @@ class _FusedRNNBase(nn.RNNBase):
             s += f", input_dropout={self.input_dropout}"
         if self.output_dropout != 0:
             s += f", output_dropout={self.output_dropout}"
+        if self.state_dropout != 0:
+            s += f", state_dropout={self.state_dropout}"
         if self.backend != "fused":
             s += f", backend={self.backend!r}"
         return s + placement.describe(self)
@@ -139,9 +152,19 @@ class _FusedRNNBase(nn.RNNBase):
         return w_ih, w_hh, self._weight("bias_ih", layer, direction), self._weight("bias_hh", layer, direction)
 
     def _run(self, x: Tensor, state: Sequence[Tensor], layer: int, direction: int,
-             lengths: Optional[Tensor]) -> Tuple[Tensor, ...]:
+             lengths: Optional[Tensor], state_mask: Optional[Tensor] = None) -> Tuple[Tensor, ...]:
         """One layer, one direction, whole sequence: returns (y, *final_state)."""
         raise NotImplementedError
+
+    def _state_masks(self, batch: int, like: Tensor) -> List[Optional[Tensor]]:
+        """One recurrent-state dropout mask (B, P) per direction of a layer, on ``like``'s device,
+        or Nones when state dropout is off (or in eval mode)."""
+        num_directions = 2 if self.bidirectional else 1
+        if not (self.training and self.state_dropout > 0):
+            return [None] * num_directions
+        size = self.proj_size or self.hidden_size
+        return [_dropout_mask((batch, size), self.state_dropout, like)
+                for _ in range(num_directions)]
 
     # --- forward -------------------------------------------------------------------------------
 
@@ -221,10 +244,12 @@ class _FusedRNNBase(nn.RNNBase):
         for layer in range(self.num_layers):
             if self.training and self.input_dropout > 0:
                 layer_input = _variational_dropout(layer_input, self.input_dropout)
+            state_masks = self._state_masks(x.size(1), layer_input)
             outputs = []
             for direction in range(num_directions):
                 k = layer * num_directions + direction
-                y, *last = self._run(layer_input, [s[k] for s in state], layer, direction, lengths)
+                y, *last = self._run(layer_input, [s[k] for s in state], layer, direction, lengths,
+                                     state_masks[direction])
                 outputs.append(y)
                 for kind, s in zip(final, last):
                     kind.append(s)
@@ -257,18 +282,19 @@ class RNN(_FusedRNNBase):
                  nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
                  dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None, *,
                  input_dropout: float = 0.0, output_dropout: float = 0.0,
-                 backend: str = "fused") -> None:
+                 state_dropout: float = 0.0, backend: str = "fused") -> None:
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
         mode = "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
         super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, device, dtype, input_dropout, output_dropout, backend)
+                         bidirectional, 0, device, dtype, input_dropout, output_dropout,
+                         state_dropout, backend)
         self.nonlinearity = nonlinearity
 
-    def _run(self, x, state, layer, direction, lengths):
+    def _run(self, x, state, layer, direction, lengths, state_mask=None):
         return functional.rnn(x, state[0], *self._weights(layer, direction),
                               nonlinearity=self.nonlinearity, lengths=lengths,
-                              reverse=bool(direction), backend=self.backend)
+                              state_mask=state_mask, reverse=bool(direction), backend=self.backend)
 
 
 class GRU(_FusedRNNBase):
@@ -282,19 +308,21 @@ class GRU(_FusedRNNBase):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  reset_after: bool = True, device=None, dtype=None, *, input_dropout: float = 0.0,
-                 output_dropout: float = 0.0, backend: str = "fused") -> None:
+                 output_dropout: float = 0.0, state_dropout: float = 0.0,
+                 backend: str = "fused") -> None:
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, device, dtype, input_dropout, output_dropout, backend)
+                         bidirectional, 0, device, dtype, input_dropout, output_dropout,
+                         state_dropout, backend)
         self.reset_after = bool(reset_after)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
         return s if self.reset_after else s + ", reset_after=False"
 
-    def _run(self, x, state, layer, direction, lengths):
+    def _run(self, x, state, layer, direction, lengths, state_mask=None):
         return functional.gru(x, state[0], *self._weights(layer, direction),
                               reset_after=self.reset_after, lengths=lengths,
-                              reverse=bool(direction), backend=self.backend)
+                              state_mask=state_mask, reverse=bool(direction), backend=self.backend)
 
 
 class LSTM(_FusedRNNBase):
@@ -307,20 +335,22 @@ class LSTM(_FusedRNNBase):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, device=None, dtype=None, *, input_dropout: float = 0.0,
-                 output_dropout: float = 0.0, backend: str = "fused") -> None:
+                 output_dropout: float = 0.0, state_dropout: float = 0.0,
+                 backend: str = "fused") -> None:
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, proj_size, device, dtype, input_dropout, output_dropout, backend)
+                         bidirectional, proj_size, device, dtype, input_dropout, output_dropout,
+                         state_dropout, backend)
 
     def _peepholes(self, layer: int, direction: int) -> Optional[Tensor]:
         return None
 
-    def _run(self, x, state, layer, direction, lengths):
+    def _run(self, x, state, layer, direction, lengths, state_mask=None):
         w_ih, w_hh, b_ih, b_hh = self._weights(layer, direction)
         w_hr = self._weight("weight_hr", layer, direction) if self.proj_size > 0 else None
         return functional.peephole_lstm(x, state[0], state[1], w_ih, w_hh,
                                         self._peepholes(layer, direction), b_ih, b_hh, w_hr=w_hr,
-                                        lengths=lengths, reverse=bool(direction),
-                                        backend=self.backend)
+                                        lengths=lengths, state_mask=state_mask,
+                                        reverse=bool(direction), backend=self.backend)
 
 
 class PeepholeLSTM(LSTM):
@@ -336,10 +366,12 @@ class PeepholeLSTM(LSTM):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, device=None, dtype=None, *, input_dropout: float = 0.0,
-                 output_dropout: float = 0.0, backend: str = "fused") -> None:
+                 output_dropout: float = 0.0, state_dropout: float = 0.0,
+                 backend: str = "fused") -> None:
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, proj_size, device, dtype, input_dropout=input_dropout,
-                         output_dropout=output_dropout, backend=backend)
+                         output_dropout=output_dropout, state_dropout=state_dropout,
+                         backend=backend)
         bound = 1.0 / hidden_size ** 0.5
         # One weight_ch per layer and direction, last in its group (after weight_hr).
         for group in self._all_weights:

@@ -240,13 +240,16 @@ def run_layers(module, x: Tensor, state: List[Tensor], lengths: Optional[Tensor]
 
     # Variational masks, one per forward call and layer, drawn in the order the unplaced forward
     # draws them (input then output mask, layer by layer), each on its layer's device.
+    # The recurrent-state masks come between them, one per direction, held across all chunks.
     input_masks: List[Optional[Tensor]] = []
+    state_masks: List[List[Optional[Tensor]]] = []
     output_masks: List[Optional[Tensor]] = []
     out_features = num_directions * (module.proj_size or module.hidden_size)
     for layer, device in enumerate(devices):
         in_features = module.input_size if layer == 0 else out_features
         input_masks.append(_dropout_mask((1, batch, in_features), module.input_dropout, x, device)
                            if training and module.input_dropout > 0 else None)
+        state_masks.append(module._state_masks(batch, x.new_empty(0, device=device)))
         output_masks.append(_dropout_mask((1, batch, out_features), module.output_dropout, x, device)
                             if training and module.output_dropout > 0 else None)
 
@@ -271,7 +274,8 @@ def run_layers(module, x: Tensor, state: List[Tensor], lengths: Optional[Tensor]
             chunk_lengths = lengths_on[devices[layer]][j]
             pieces = []
             for d in range(num_directions):
-                y, *last = module._run(layer_input, states[layer][d], layer, d, chunk_lengths)
+                y, *last = module._run(layer_input, states[layer][d], layer, d, chunk_lengths,
+                                       state_masks[layer][d])
                 states[layer][d] = last
                 pieces.append(y)
             y = pieces[0] if num_directions == 1 else torch.cat(pieces, dim=2)

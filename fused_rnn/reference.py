@@ -13,6 +13,8 @@ float32 across steps, h is rounded to the input dtype after each step (it feeds 
 GEMM in that dtype) and all outputs are returned in the input dtype.
 Variable lengths: for t >= lengths[b] the output row is 0 and the state is frozen, which is exactly
 pack_padded_sequence -> torch module -> pad_packed_sequence (lengths of 0 allowed).
+Recurrent-state dropout: ``state_mask`` (B, P), fixed over time, multiplies h wherever the
+recurrent weights (and GRU's reset gate) see it; the state itself and GRU's z⊙h are not dropped.
 """
 from __future__ import annotations
 
@@ -50,18 +52,26 @@ def _activation(nonlinearity: str) -> Callable[[Tensor], Tensor]:
 # that passes a float32 c keeps it in float32 while h is rounded to the half input dtype.
 # ----------------------------------------------------------------------------------------------
 
+def _recurrent_view(h: Tensor, state_mask: Optional[Tensor]) -> Tensor:
+    """h as the recurrent weights see it: h ⊙ state_mask with recurrent-state dropout."""
+    return h if state_mask is None else h * state_mask.to(h.dtype)
+
+
 def rnn_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
-             b_hh: Optional[Tensor] = None, nonlinearity: str = "tanh") -> Tensor:
+             b_hh: Optional[Tensor] = None, nonlinearity: str = "tanh",
+             state_mask: Optional[Tensor] = None) -> Tensor:
     """Elman cell: h' = act(W_ih x + b_ih + W_hh h + b_hh)."""
     act = _activation(nonlinearity)
     out_dtype = x.dtype
     x, h, w_ih, w_hh, b_ih, b_hh = _cast(_compute_dtype(x.dtype), x, h, w_ih, w_hh, b_ih, b_hh)
-    return act(F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh)).to(out_dtype)
+    h_seen = _recurrent_view(h, state_mask)
+    return act(F.linear(x, w_ih, b_ih) + F.linear(h_seen, w_hh, b_hh)).to(out_dtype)
 
 
 def lstm_cell(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
               b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None,
-              w_ch: Optional[Tensor] = None, w_hr: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+              w_ch: Optional[Tensor] = None, w_hr: Optional[Tensor] = None,
+              state_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """LSTM cell, optionally with diagonal peepholes w_ch = (p_i, p_f, p_o) and projection w_hr.
 
     i = σ(a_i + p_i⊙c), f = σ(a_f + p_f⊙c), g = tanh(a_g), c' = f⊙c + i⊙g,
@@ -70,7 +80,8 @@ def lstm_cell(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
     h_dtype, c_dtype = x.dtype, c.dtype
     x, h, c, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr = _cast(
         _compute_dtype(x.dtype), x, h, c, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr)
-    a_i, a_f, a_g, a_o = (F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh)).chunk(4, dim=1)
+    h_seen = _recurrent_view(h, state_mask)
+    a_i, a_f, a_g, a_o = (F.linear(x, w_ih, b_ih) + F.linear(h_seen, w_hh, b_hh)).chunk(4, dim=1)
     if w_ch is not None:
         p_i, p_f, p_o = w_ch.chunk(3)
         a_i = a_i + p_i * c
@@ -85,7 +96,8 @@ def lstm_cell(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
 
 
 def gru_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
-             b_hh: Optional[Tensor] = None, reset_after: bool = True) -> Tensor:
+             b_hh: Optional[Tensor] = None, reset_after: bool = True,
+             state_mask: Optional[Tensor] = None) -> Tensor:
     """GRU cell, h' = (1-z)⊙n + z⊙h with
     reset_after=True (torch/cuDNN):    n = tanh(W_in x + b_in + r⊙(W_hn h + b_hn));
     reset_after=False (original, TF):  n = tanh(W_in x + b_in + W_hn (r⊙h) + b_hn).
@@ -93,17 +105,18 @@ def gru_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Te
     out_dtype = x.dtype
     x, h, w_ih, w_hh, b_ih, b_hh = _cast(_compute_dtype(x.dtype), x, h, w_ih, w_hh, b_ih, b_hh)
     i_r, i_z, i_n = F.linear(x, w_ih, b_ih).chunk(3, dim=1)
+    h_seen = _recurrent_view(h, state_mask)
     if reset_after:
-        h_r, h_z, h_n = F.linear(h, w_hh, b_hh).chunk(3, dim=1)
+        h_r, h_z, h_n = F.linear(h_seen, w_hh, b_hh).chunk(3, dim=1)
         r = torch.sigmoid(i_r + h_r)
         n = torch.tanh(i_n + r * h_n)
     else:
         # r is needed before the candidate's recurrent GEMM, which acts on r⊙h: split W_hh by gate.
         w_r, w_z, w_n = w_hh.chunk(3)
         b_r, b_z, b_n = (None, None, None) if b_hh is None else b_hh.chunk(3)
-        h_r, h_z = F.linear(h, w_r, b_r), F.linear(h, w_z, b_z)
+        h_r, h_z = F.linear(h_seen, w_r, b_r), F.linear(h_seen, w_z, b_z)
         r = torch.sigmoid(i_r + h_r)
-        n = torch.tanh(i_n + F.linear(r * h, w_n, b_n))
+        n = torch.tanh(i_n + F.linear(r * h_seen, w_n, b_n))
     z = torch.sigmoid(i_z + h_z)
     return ((1 - z) * n + z * h).to(out_dtype)
 
@@ -159,12 +172,12 @@ def _scan(step: _Step, x: Tensor, state: Sequence[Tensor], lengths, reverse: boo
 
 def rnn(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
         b_hh: Optional[Tensor] = None, *, nonlinearity: str = "tanh", lengths: Optional[Tensor] = None,
-        reverse: bool = False) -> Tuple[Tensor, Tensor]:
+        reverse: bool = False, state_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """Elman RNN over a sequence. Returns (y, h_n)."""
     _activation(nonlinearity)  # reject a bad name even when T == 0
 
     def step(x_t, state):
-        return (rnn_cell(x_t, state[0], w_ih, w_hh, b_ih, b_hh, nonlinearity),)
+        return (rnn_cell(x_t, state[0], w_ih, w_hh, b_ih, b_hh, nonlinearity, state_mask),)
 
     y, (h_n,) = _scan(step, x, (h0,), lengths, reverse)
     return y, h_n
@@ -173,11 +186,12 @@ def rnn(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor
 def peephole_lstm(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, w_ch: Optional[Tensor],
                   b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None, *,
                   w_hr: Optional[Tensor] = None, lengths: Optional[Tensor] = None,
-                  reverse: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+                  reverse: bool = False, state_mask: Optional[Tensor] = None
+                  ) -> Tuple[Tensor, Tensor, Tensor]:
     """LSTM with diagonal peepholes w_ch (None = plain LSTM). Returns (y, h_n, c_n)."""
 
     def step(x_t, state):
-        return lstm_cell(x_t, state[0], state[1], w_ih, w_hh, b_ih, b_hh, w_ch, w_hr)
+        return lstm_cell(x_t, state[0], state[1], w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, state_mask)
 
     # Half inputs: the cell state is carried in float32 and rounded only when returned.
     c_start = c0.to(_compute_dtype(c0.dtype))
@@ -187,19 +201,20 @@ def peephole_lstm(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
 
 def lstm(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
          b_hh: Optional[Tensor] = None, *, w_hr: Optional[Tensor] = None,
-         lengths: Optional[Tensor] = None, reverse: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+         lengths: Optional[Tensor] = None, reverse: bool = False,
+         state_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
     """LSTM (gate order i, f, g, o), optional projection w_hr. Returns (y, h_n, c_n)."""
     return peephole_lstm(x, h0, c0, w_ih, w_hh, None, b_ih, b_hh, w_hr=w_hr, lengths=lengths,
-                         reverse=reverse)
+                         reverse=reverse, state_mask=state_mask)
 
 
 def gru(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
         b_hh: Optional[Tensor] = None, *, reset_after: bool = True, lengths: Optional[Tensor] = None,
-        reverse: bool = False) -> Tuple[Tensor, Tensor]:
+        reverse: bool = False, state_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """GRU (gate order r, z, n), either reset_after variant. Returns (y, h_n)."""
 
     def step(x_t, state):
-        return (gru_cell(x_t, state[0], w_ih, w_hh, b_ih, b_hh, reset_after),)
+        return (gru_cell(x_t, state[0], w_ih, w_hh, b_ih, b_hh, reset_after, state_mask),)
 
     y, (h_n,) = _scan(step, x, (h0,), lengths, reverse)
     return y, h_n

@@ -21,6 +21,7 @@ class Case:
     c0: Optional[torch.Tensor] = None
     lengths: Optional[torch.Tensor] = None
     reverse: bool = False
+    state_mask: Optional[torch.Tensor] = None  # recurrent-state dropout mask (B, P)
 
     def leaves(self) -> List[torch.Tensor]:
         tensors = [self.x, self.h0] + ([self.c0] if self.c0 is not None else [])
@@ -35,13 +36,14 @@ class Case:
             return t.detach().to(device=device or t.device, dtype=dtype).requires_grad_(t.requires_grad)
         return Case(self.cell, cast(self.x), cast(self.h0),
                     {k: cast(v) for k, v in self.weights.items()}, cast(self.c0),
-                    lengths=self.lengths, reverse=self.reverse)
+                    lengths=self.lengths, reverse=self.reverse, state_mask=cast(self.state_mask))
 
     def run(self, backend: str = "fused", x: Optional[torch.Tensor] = None):
         """Runs the sequence function of this cell on `x` (default: the case's own input)."""
         x = self.x if x is None else x
         w = self.weights
-        kw = dict(lengths=self.lengths, reverse=self.reverse, backend=backend)
+        kw = dict(lengths=self.lengths, reverse=self.reverse, state_mask=self.state_mask,
+                  backend=backend)
         if self.cell.startswith("rnn"):
             return F.rnn(x, self.h0, w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"],
                          nonlinearity=self.cell[4:], **kw)
@@ -54,7 +56,7 @@ class Case:
 
 def make_case(cell: str, steps: int, batch: int, inputs: int, hidden: int, *,
               dtype=torch.float64, device="cpu", lengths=None, reverse=False,
-              proj: int = 3, requires_grad: bool = True) -> Case:
+              proj: int = 3, requires_grad: bool = True, state_dropout: float = 0.0) -> Case:
     """Weights are drawn like torch's init (std 1/sqrt(fan-in)), so the recurrence neither
     explodes nor makes tiny rounding differences grow chaotically over the steps."""
     gates = GATES[cell]
@@ -72,8 +74,12 @@ def make_case(cell: str, steps: int, batch: int, inputs: int, hidden: int, *,
     if cell == "lstm_proj":
         weights["w_hr"] = rand(state, hidden, scale=hidden ** -0.5)
     c0 = rand(batch, hidden) if gates == 4 else None
+    mask = None
+    if state_dropout:
+        keep = torch.rand(batch, state, dtype=torch.float64) >= state_dropout
+        mask = (keep / (1 - state_dropout)).to(device=device, dtype=dtype)
     return Case(cell, rand(steps, batch, inputs), rand(batch, state), weights, c0,
-                lengths=lengths, reverse=reverse)
+                lengths=lengths, reverse=reverse, state_mask=mask)
 
 
 def outputs_and_grads(case: Case, backend: str, seed: int = 1):

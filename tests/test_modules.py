@@ -619,3 +619,55 @@ def test_lstm_hx_must_be_a_pair():
     model = fused_rnn.LSTM(I, H, backend="reference")
     with pytest.raises(TypeError, match="tuple"):
         model(torch.randn(T, B, I), torch.zeros(1, B, H))
+
+
+# ---------------------------------------------------------------------------------------------
+# Recurrent-state dropout (state_dropout): runs inside the fused op.
+# ---------------------------------------------------------------------------------------------
+
+STATE_DROPOUT_MODULES = {
+    "rnn": lambda **kw: fused_rnn.RNN(I, H, 2, bidirectional=True, **kw),
+    "lstm_proj": lambda **kw: fused_rnn.LSTM(I, H, 2, proj_size=3, **kw),
+    "gru": lambda **kw: fused_rnn.GRU(I, H, 2, **kw),
+    "gru_reset_before": lambda **kw: fused_rnn.GRU(I, H, 2, reset_after=False, **kw),
+    "peephole": lambda **kw: fused_rnn.PeepholeLSTM(I, H, 2, **kw),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", list(STATE_DROPOUT_MODULES))
+def test_state_dropout_matches_the_oracle(kind, device):
+    """Same seed, same masks: the fused module in train() equals the reference backend, values
+    and gradients, with padded lengths."""
+    torch.manual_seed(0)
+    ours = STATE_DROPOUT_MODULES[kind](state_dropout=0.5, dtype=F64, device=device)
+    oracle_module = copy.deepcopy(ours)
+    oracle_module.backend = "reference"
+    x = torch.randn(5, 4, I, dtype=F64, device=device, requires_grad=True)
+    lengths = torch.tensor([5, 2, 0, 4])
+    results = []
+    for module in (ours, oracle_module):
+        torch.manual_seed(1)
+        out, _ = module(x, lengths=lengths)
+        grads = torch.autograd.grad(weighted_sum([out]), [x] + list(module.parameters()))
+        results.append([out] + list(grads))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, **TIGHT)
+
+
+@pytest.mark.parametrize("kind", list(STATE_DROPOUT_MODULES))
+def test_state_dropout_is_active_only_in_training(kind):
+    torch.manual_seed(0)
+    module = STATE_DROPOUT_MODULES[kind](state_dropout=0.5, dtype=F64)
+    plain = copy.deepcopy(module)
+    plain.state_dropout = 0.0
+    x = torch.randn(6, 3, I, dtype=F64)
+    module.eval()
+    plain.eval()
+    torch.testing.assert_close(module(x)[0], plain(x)[0], **TIGHT)
+    module.train()
+    plain.train()
+    assert not torch.allclose(module(x)[0], plain(x)[0])
+    assert "state_dropout=0.5" in repr(module)
+    with pytest.raises(ValueError, match="state_dropout"):
+        fused_rnn.LSTM(I, H, state_dropout=1.5)

@@ -51,6 +51,26 @@ def test_lengths_and_reverse(cell, lengths, reverse, device):
     assert_matches_reference(case, torch.float64)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("lengths", [None, [6, 0, 3, 5]], ids=["full", "lengths"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_state_dropout(cell, lengths, reverse, device):
+    """Recurrent-state dropout: the recurrent weights see h ⊙ mask, values and gradients."""
+    torch.manual_seed(7)
+    case = make_case(cell, 6, 4, 3, 5, lengths=None if lengths is None else torch.tensor(lengths),
+                     reverse=reverse, device=device, state_dropout=0.4)
+    assert (case.state_mask == 0).any() and (case.state_mask != 0).any()
+    assert_matches_reference(case, torch.float64)
+    dropped = case.run("fused")
+    case.state_mask = torch.ones_like(case.state_mask)  # an all-ones mask is no dropout
+    all_kept = case.run("fused")
+    case.state_mask = None
+    for a, b in zip(all_kept, case.run("fused")):
+        torch.testing.assert_close(a, b)
+    assert not torch.allclose(dropped[0], all_kept[0])
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_final_state_is_last_valid_step(cell):
     """h_n of a sequence of length L equals the final state of running only its first L steps."""
@@ -76,7 +96,7 @@ def test_final_state_is_last_valid_step(cell):
 def test_gradcheck(cell, reverse, device):
     torch.manual_seed(3)
     case = make_case(cell, 4, 3, 2, 3, lengths=torch.tensor([4, 0, 2]), reverse=reverse,
-                     device=device)
+                     device=device, state_dropout=0.3 if reverse else 0.0)
 
     # gradcheck perturbs the leaf tensors in place, and case.run reads those same tensors.
     assert torch.autograd.gradcheck(lambda *_: case.run("fused"), tuple(case.leaves()),
@@ -176,16 +196,19 @@ def test_bad_input_at_the_op_level():
     op = torch.ops.fused_rnn.lstm_forward
     with pytest.raises(RuntimeError, match="lengths must lie in"):
         op(x_proj, args["h0"], args["c0"], args["w_hh"], None, None, None, torch.tensor([9, 1]),
-           False, False)
+           None, False, False)
     with pytest.raises(RuntimeError, match="lengths must be int64"):
         op(x_proj, args["h0"], args["c0"], args["w_hh"], None, None, None,
-           torch.tensor([1, 1], dtype=torch.int32), False, False)
+           torch.tensor([1, 1], dtype=torch.int32), None, False, False)
     with pytest.raises(RuntimeError, match="w_ch"):
-        op(x_proj, args["h0"], args["c0"], args["w_hh"], None, torch.zeros(7), None, None, False,
-           False)
+        op(x_proj, args["h0"], args["c0"], args["w_hh"], None, torch.zeros(7), None, None, None,
+           False, False)
+    with pytest.raises(RuntimeError, match="state_mask"):
+        op(x_proj, args["h0"], args["c0"], args["w_hh"], None, None, None, None, torch.ones(2, 3),
+           False, False)
     with pytest.raises(RuntimeError, match="x_proj's last dimension"):
         torch.ops.fused_rnn.gru_forward(torch.randn(4, 2, 7), args["h0"], args["w_hh"], None, None,
-                                        False, True, False)
+                                        None, False, True, False)
 
 
 @pytest.mark.skipif(not CUDA, reason="no CUDA GPU")
@@ -202,35 +225,38 @@ def _op_samples(device="cpu"):
     samples = []
     for cell in ["rnn_tanh", "peephole_lstm", "lstm_proj", "gru", "gru_reset_before"]:
         for lengths in [None, torch.tensor([3, 1], device=device)]:
-            case = make_case(cell, 3, 2, 2, 3, device=device, lengths=lengths)
+            case = make_case(cell, 3, 2, 2, 3, device=device, lengths=lengths,
+                             state_dropout=0.5 if lengths is None else 0.0)
+            mask = case.state_mask
             w = case.weights
             x_proj = (case.x @ w["w_ih"].t() + w["b_ih"]).detach().requires_grad_()
             if cell.startswith("rnn"):
                 fwd = (torch.ops.fused_rnn.elman_forward,
-                       (x_proj, case.h0, w["w_hh"], w["b_hh"], lengths, False, False))
+                       (x_proj, case.h0, w["w_hh"], w["b_hh"], lengths, mask, False, False))
                 y, h = fwd[0](*fwd[1])
                 bwd = (torch.ops.fused_rnn.elman_backward,
                        (torch.randn_like(y), torch.randn_like(h), y.detach(), case.h0.detach(),
-                        w["w_hh"].detach(), lengths, False, False))
+                        w["w_hh"].detach(), lengths, mask, False, False))
             elif cell.startswith("gru"):
                 reset_after = cell == "gru"
                 fwd = (torch.ops.fused_rnn.gru_forward,
-                       (x_proj, case.h0, w["w_hh"], w["b_hh"], lengths, True, reset_after, True))
+                       (x_proj, case.h0, w["w_hh"], w["b_hh"], lengths, mask, True, reset_after,
+                        True))
                 y, h, gates, hh_n = [t.detach() for t in fwd[0](*fwd[1])]
                 bwd = (torch.ops.fused_rnn.gru_backward,
                        (torch.randn_like(y), torch.randn_like(h), y, gates, hh_n, case.h0.detach(),
-                        w["w_hh"].detach(), lengths, True, reset_after))
+                        w["w_hh"].detach(), lengths, mask, True, reset_after))
             else:
                 w_ch, w_hr = w.get("w_ch"), w.get("w_hr")
                 fwd = (torch.ops.fused_rnn.lstm_forward,
-                       (x_proj, case.h0, case.c0, w["w_hh"], w["b_hh"], w_ch, w_hr, lengths, False,
-                        True))
+                       (x_proj, case.h0, case.c0, w["w_hh"], w["b_hh"], w_ch, w_hr, lengths, mask,
+                        False, True))
                 y, h, c, gates, c_all = [t.detach() for t in fwd[0](*fwd[1])]
                 detach = lambda t: None if t is None else t.detach()  # noqa: E731
                 bwd = (torch.ops.fused_rnn.lstm_backward,
                        (torch.randn_like(y), torch.randn_like(h), torch.randn_like(c), y, gates,
                         c_all, case.h0.detach(), case.c0.detach(), w["w_hh"].detach(),
-                        detach(w_ch), detach(w_hr), lengths, False))
+                        detach(w_ch), detach(w_hr), lengths, mask, False))
             samples += [fwd, bwd]
     return samples
 

@@ -144,9 +144,9 @@ def test_one_functional_call_per_layer_and_chunk(monkeypatch):
     calls = []
     original = type(module)._run
 
-    def counting(self, x, state, layer, direction, lengths):
+    def counting(self, x, state, layer, direction, lengths, state_mask=None):
         calls.append((layer, x.size(0)))
-        return original(self, x, state, layer, direction, lengths)
+        return original(self, x, state, layer, direction, lengths, state_mask)
 
     monkeypatch.setattr(type(module), "_run", counting)
     module(torch.randn(10, B, I, dtype=F64))
@@ -162,10 +162,12 @@ def test_chunk_bounds():
     assert placement.chunk_bounds(0, 4) == [(0, 0)]
 
 
-def test_variational_dropout_draws_like_unplaced():
-    """input/output dropout: one mask per layer and call, drawn in the same order, so with the
-    same seed the chunked run equals the unplaced one in training mode too."""
-    plain = make("lstm", layers=2, input_dropout=0.3, output_dropout=0.4)
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+def test_variational_dropout_draws_like_unplaced(name):
+    """input/output/state dropout: one mask per layer (and direction) and call, drawn in the same
+    order and held across chunks, so with the same seed the chunked run equals the unplaced one
+    in training mode too."""
+    plain = make(name, layers=2, input_dropout=0.3, output_dropout=0.4, state_dropout=0.5)
     placed = copy.deepcopy(plain).place_layers(["cpu", "cpu"], pipeline_chunks=3)
     x = torch.randn(T, B, I, dtype=F64)
     torch.manual_seed(5)

@@ -1,5 +1,7 @@
 #include "common.h"
 
+#include "gemm.h"
+
 #include <c10/util/Exception.h>
 
 namespace fused_rnn {
@@ -64,6 +66,34 @@ Tensor previous_states(const Tensor& states, const Tensor& initial, const OptTen
     prev = at::where(starts_here, first, prev);
   }
   return prev;
+}
+
+StateDropout::StateDropout(const OptTensor& mask, const Tensor& state) {
+  if (!mask.has_value()) return;
+  check_like(*mask, "state_mask", state.sizes(), state);
+  mask_ = mask->contiguous();
+  dropped_ = at::empty_like(state);
+  grad_ = at::empty_like(state);
+}
+
+const Tensor& StateDropout::gemm_input(const Tensor& h) {
+  if (!active()) return h;
+  at::mul_out(dropped_, h, mask_);
+  return dropped_;
+}
+
+void StateDropout::backprop(Tensor& dh, const Tensor& d_pre, const Tensor& w) {
+  if (!active()) return gemm_ab(dh, d_pre, w, /*accumulate=*/true);
+  gemm_ab(grad_, d_pre, w, /*accumulate=*/false);
+  dh.addcmul_(grad_, mask_);
+}
+
+void StateDropout::add_masked(Tensor& dh, const Tensor& grad) const {
+  if (active()) dh.addcmul_(grad, mask_);
+}
+
+Tensor StateDropout::apply(const Tensor& states) const {
+  return active() ? states * mask_ : states;
 }
 
 }  // namespace fused_rnn

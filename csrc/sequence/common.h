@@ -47,6 +47,29 @@ const scalar_t* optional_data(const OptTensor& tensor, Tensor& holder) {
   return holder.data_ptr<scalar_t>();
 }
 
+// Recurrent-state dropout (variational): the recurrent GEMMs read h ⊙ mask instead of h, with
+// one mask [B, P] (0 or 1/(1-p)) for the whole sequence; the state itself is not dropped.
+// Without a mask every method is the identity, so the loops read the same either way.
+class StateDropout {
+ public:
+  StateDropout(const OptTensor& mask, const Tensor& state);  // state: [B, P], for shape and dtype
+  bool active() const { return mask_.defined(); }
+  // Forward: the GEMM's input for state h [B, P] (h itself when inactive).
+  const Tensor& gemm_input(const Tensor& h);
+  // Backward: dh [B, P] += (d_pre [B, N] · w [N, P]) ⊙ mask.
+  void backprop(Tensor& dh, const Tensor& d_pre, const Tensor& w);
+  // Backward: dh [B, P] += grad [B, P] ⊙ mask, grad being the gradient w.r.t. the GEMMs' input
+  // (nothing to do when inactive: then callers accumulate into dh directly).
+  void add_masked(Tensor& dh, const Tensor& grad) const;
+  // Backward, weight gradients: states [T, B, P] ⊙ mask.
+  Tensor apply(const Tensor& states) const;
+
+ private:
+  Tensor mask_;     // [B, P] or undefined
+  Tensor dropped_;  // [B, P] h ⊙ mask
+  Tensor grad_;     // [B, P] d_pre · w, before the mask
+};
+
 // Empty placeholder returned for outputs that do not apply (inference, no peepholes, ...).
 inline Tensor absent(const Tensor& like) { return at::empty({0}, like.options()); }
 

@@ -11,7 +11,8 @@ namespace fused_rnn {
 
 std::tuple<Tensor, Tensor> elman_forward(const Tensor& x_proj_in, const Tensor& h0,
                                          const Tensor& w_hh, const OptTensor& b_hh,
-                                         const OptTensor& lengths, bool reverse, bool relu) {
+                                         const OptTensor& lengths, const OptTensor& state_mask,
+                                         bool reverse, bool relu) {
   const c10::OptionalDeviceGuard guard(at::device_of(x_proj_in));
   const int64_t H = check_sequence_args(x_proj_in, h0, w_hh, b_hh, lengths, 1, c10::nullopt);
   const Tensor x_proj = x_proj_in.contiguous();  // [T, B, H]
@@ -20,6 +21,7 @@ std::tuple<Tensor, Tensor> elman_forward(const Tensor& x_proj_in, const Tensor& 
   Tensor h = h0.contiguous().clone();              // [B, H] state
   Tensor hh = at::empty({B, H}, x_proj.options());  // [B, H] W_hh h
   Tensor bias;                                     // keeps b_hh's contiguous copy alive
+  StateDropout dropout(state_mask, h);
   Tensor y = at::empty({T, B, H}, x_proj.options());
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_proj.scalar_type(), "elman_forward", [&] {
@@ -31,7 +33,7 @@ std::tuple<Tensor, Tensor> elman_forward(const Tensor& x_proj_in, const Tensor& 
     step.h = h.data_ptr<scalar_t>();
     for (int64_t s = 0; s < T; ++s) {
       const int64_t t = time_at(s, T, reverse);
-      gemm_abt(hh, h, w, /*accumulate=*/false);
+      gemm_abt(hh, dropout.gemm_input(h), w, /*accumulate=*/false);
       step.mask = {lengths_ptr(lengths), t};
       step.x_proj = x_proj.data_ptr<scalar_t>() + t * B * H;
       step.y = y.data_ptr<scalar_t>() + t * B * H;
@@ -43,7 +45,8 @@ std::tuple<Tensor, Tensor> elman_forward(const Tensor& x_proj_in, const Tensor& 
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> elman_backward(
     const Tensor& grad_y_in, const Tensor& grad_h_n, const Tensor& y_in, const Tensor& h0,
-    const Tensor& w_hh, const OptTensor& lengths, bool reverse, bool relu) {
+    const Tensor& w_hh, const OptTensor& lengths, const OptTensor& state_mask, bool reverse,
+    bool relu) {
   const c10::OptionalDeviceGuard guard(at::device_of(y_in));
   const int64_t H = check_sequence_args(y_in, h0, w_hh, c10::nullopt, lengths, 1, c10::nullopt);
   const int64_t T = y_in.size(0), B = y_in.size(1);
@@ -54,6 +57,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> elman_backward(
   const Tensor w = w_hh.contiguous();            // [H, H]
   Tensor dh = grad_h_n.contiguous().clone();     // [B, H] gradient carried to the previous step
   Tensor d_a = at::empty({T, B, H}, y.options());  // [T, B, H] d pre-activations
+  StateDropout dropout(state_mask, dh);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "elman_backward", [&] {
     ElmanBackwardStep<scalar_t> step;
@@ -67,10 +71,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> elman_backward(
       step.y = y.data_ptr<scalar_t>() + t * B * H;
       step.d_a = d_a.data_ptr<scalar_t>() + t * B * H;
       launch_step(step, B, H, y.device());
-      gemm_ab(dh, d_a.select(0, t), w, /*accumulate=*/true);
+      dropout.backprop(dh, d_a.select(0, t), w);
     }
   });
-  const Tensor h_prev = previous_states(y, h0, lengths, reverse);  // [T, B, H]
+  const Tensor h_prev = dropout.apply(previous_states(y, h0, lengths, reverse));  // [T, B, H]
   const Tensor grad_w_hh = d_a.view({T * B, H}).t().mm(h_prev.reshape({T * B, H}));
   return {d_a, dh, grad_w_hh, d_a.sum(at::IntArrayRef{0, 1})};
 }

@@ -12,7 +12,8 @@ namespace fused_rnn {
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& x_proj_in, const Tensor& h0,
                                                        const Tensor& w_hh, const OptTensor& b_hh,
-                                                       const OptTensor& lengths, bool reverse,
+                                                       const OptTensor& lengths,
+                                                       const OptTensor& state_mask, bool reverse,
                                                        bool reset_after, bool training) {
   const c10::OptionalDeviceGuard guard(at::device_of(x_proj_in));
   const int64_t H = check_sequence_args(x_proj_in, h0, w_hh, b_hh, lengths, 3, c10::nullopt);
@@ -23,6 +24,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& x_proj_in, 
   const Tensor w = w_hh.contiguous();    // [3H, H]
   Tensor bias;                           // keeps b_hh's contiguous copy alive
   Tensor h = h0.contiguous().clone();    // [B, H] state
+  StateDropout dropout(state_mask, h);
   Tensor y = at::empty({T, B, H}, opts);  // [T, B, H]
   // reset_before always needs r, z within the step, so it keeps gates even in inference.
   const bool keep_gates = training || !reset_after;
@@ -44,7 +46,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& x_proj_in, 
       step.h = h.data_ptr<scalar_t>();
       for (int64_t s = 0; s < T; ++s) {
         const int64_t t = time_at(s, T, reverse);
-        gemm_abt(hh, h, w, /*accumulate=*/false);
+        gemm_abt(hh, dropout.gemm_input(h), w, /*accumulate=*/false);
         step.mask = {lengths_ptr(lengths), t};
         step.x_proj = x_at(t);
         step.y = y.data_ptr<scalar_t>() + t * B * H;
@@ -63,7 +65,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& x_proj_in, 
     gates_step.H = H;
     gates_step.hh_rz = hh_rz.data_ptr<scalar_t>();
     gates_step.b_hh = b_hh_data;
-    gates_step.h = h.data_ptr<scalar_t>();
+    // r multiplies the state as the GEMMs see it (dropped, with state dropout).
+    gates_step.h = dropout.gemm_input(h).data_ptr<scalar_t>();
     gates_step.rh = rh.data_ptr<scalar_t>();
     GruResetBeforeStateStep<scalar_t> state_step;
     state_step.H = H;
@@ -72,7 +75,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& x_proj_in, 
     state_step.h = h.data_ptr<scalar_t>();
     for (int64_t s = 0; s < T; ++s) {
       const int64_t t = time_at(s, T, reverse);
-      gemm_abt(hh_rz, h, w_rz, /*accumulate=*/false);
+      gemm_abt(hh_rz, dropout.gemm_input(h), w_rz, /*accumulate=*/false);
       gates_step.mask = state_step.mask = {lengths_ptr(lengths), t};
       gates_step.x_proj = state_step.x_proj = x_at(t);
       gates_step.gates = state_step.gates = gates_at(t);
@@ -89,7 +92,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& x_proj_in, 
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
     const Tensor& grad_y_in, const Tensor& grad_h_n, const Tensor& y_in, const Tensor& gates_in,
     const Tensor& hh_n_in, const Tensor& h0, const Tensor& w_hh, const OptTensor& lengths,
-    bool reverse, bool reset_after) {
+    const OptTensor& state_mask, bool reverse, bool reset_after) {
   const c10::OptionalDeviceGuard guard(at::device_of(gates_in));
   const int64_t H = check_sequence_args(gates_in, h0, w_hh, c10::nullopt, lengths, 3, c10::nullopt);
   const int64_t T = gates_in.size(0), B = gates_in.size(1);
@@ -104,6 +107,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
   const Tensor h_prev = previous_states(y_in, h0, lengths, reverse).contiguous();  // [T, B, H]
   const Tensor w = w_hh.contiguous();            // [3H, H]
   Tensor dh = grad_h_n.contiguous().clone();     // [B, H] carried to the previous step
+  StateDropout dropout(state_mask, dh);
   Tensor d_x = at::empty({T, B, 3 * H}, opts);   // [T, B, 3H] d x_proj
   Tensor grad_w_hh, grad_b_hh;
 
@@ -127,38 +131,45 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
         step.d_x = at_t(d_x, t, 3 * H);
         step.d_hh = at_t(d_hh, t, 3 * H);
         launch_step(step, B, H, device);
-        gemm_ab(dh, d_hh.select(0, t), w, /*accumulate=*/true);
+        dropout.backprop(dh, d_hh.select(0, t), w);
       }
-      grad_w_hh = d_hh.view({T * B, 3 * H}).t().mm(h_prev.view({T * B, H}));
+      grad_w_hh = d_hh.view({T * B, 3 * H}).t().mm(dropout.apply(h_prev).view({T * B, H}));
       grad_b_hh = d_hh.sum(at::IntArrayRef{0, 1});
       return;
     }
     const Tensor w_rz = w.narrow(0, 0, 2 * H);  // [2H, H]
     const Tensor w_n = w.narrow(0, 2 * H, H);   // [H, H]
     Tensor d_rh = at::empty({B, H}, opts);         // [B, H] d (r h)
+    // The state as the GEMMs and r saw it (h ⊙ mask with state dropout), and its gradient
+    // (which is dh itself without dropout).
+    const Tensor hd_prev = dropout.apply(h_prev).contiguous();  // [T, B, H]
+    Tensor d_hd = dropout.active() ? at::empty_like(dh) : dh;   // [B, H]
     GruResetBeforeBackwardZnStep<scalar_t> zn_step;
     zn_step.H = H;
     zn_step.dh = dh.data_ptr<scalar_t>();
     GruResetBeforeBackwardRStep<scalar_t> r_step;
     r_step.H = H;
     r_step.d_rh = d_rh.data_ptr<scalar_t>();
-    r_step.dh = dh.data_ptr<scalar_t>();
+    r_step.dh = d_hd.data_ptr<scalar_t>();
     for (int64_t s = T - 1; s >= 0; --s) {
       const int64_t t = time_at(s, T, reverse);
       zn_step.mask = r_step.mask = {lengths_ptr(lengths), t};
       zn_step.grad_y = at_t(grad_y, t, H);
       zn_step.gates = r_step.gates = at_t(gates, t, 3 * H);
-      zn_step.h_prev = r_step.h_prev = at_t(h_prev, t, H);
+      zn_step.h_prev = at_t(h_prev, t, H);
+      r_step.h_prev = at_t(hd_prev, t, H);
       zn_step.d_x = r_step.d_x = at_t(d_x, t, 3 * H);
       launch_step(zn_step, B, H, device);
       const Tensor d_x_t = d_x.select(0, t);  // [B, 3H]
       gemm_ab(d_rh, d_x_t.narrow(1, 2 * H, H), w_n, /*accumulate=*/false);
+      if (dropout.active()) d_hd.zero_();
       launch_step(r_step, B, H, device);
-      gemm_ab(dh, d_x_t.narrow(1, 0, 2 * H), w_rz, /*accumulate=*/true);
+      gemm_ab(d_hd, d_x_t.narrow(1, 0, 2 * H), w_rz, /*accumulate=*/true);
+      dropout.add_masked(dh, d_hd);
     }
-    // W_h{r,z} saw h_{t-1}; W_hn saw r h_{t-1}.
-    const Tensor rh_all = gates.narrow(2, 0, H) * h_prev;  // [T, B, H]
-    grad_w_hh = at::cat({d_x.narrow(2, 0, 2 * H).reshape({T * B, 2 * H}).t().mm(h_prev.view({T * B, H})),
+    // W_h{r,z} saw h_{t-1} (⊙ mask); W_hn saw r h_{t-1} (⊙ mask).
+    const Tensor rh_all = gates.narrow(2, 0, H) * hd_prev;  // [T, B, H]
+    grad_w_hh = at::cat({d_x.narrow(2, 0, 2 * H).reshape({T * B, 2 * H}).t().mm(hd_prev.view({T * B, H})),
                          d_x.narrow(2, 2 * H, H).reshape({T * B, H}).t().mm(rh_all.view({T * B, H}))},
                         0);
     grad_b_hh = d_x.sum(at::IntArrayRef{0, 1});

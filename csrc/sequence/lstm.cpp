@@ -36,7 +36,7 @@ at::ScalarType cell_state_type(const Tensor& x) {
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const Tensor& x_proj_in, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
     const OptTensor& b_hh, const OptTensor& w_ch_in, const OptTensor& w_hr, const OptTensor& lengths,
-    bool reverse, bool training) {
+    const OptTensor& state_mask, bool reverse, bool training) {
   const c10::OptionalDeviceGuard guard(at::device_of(x_proj_in));
   const int64_t P = check_lstm_args(x_proj_in, c0, w_ch_in, w_hr);
   const int64_t H = check_sequence_args(x_proj_in, h0, w_hh, b_hh, lengths, 4, P);
@@ -49,6 +49,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   Tensor h = h0.contiguous().clone();                                   // [B, P] state
   Tensor c = c0.to(c_opts.dtype()).contiguous().clone();               // [B, H] cell state
   Tensor hh = at::empty({B, 4 * H}, opts);                              // [B, 4H] W_hh h
+  StateDropout dropout(state_mask, h);
   Tensor y = at::empty({T, B, P}, opts);                                // [T, B, P]
   Tensor gates = training ? at::empty({T, B, 4 * H}, opts) : absent(x_proj);   // [T, B, 4H]
   Tensor c_all = training ? at::empty({T, B, H}, c_opts) : absent(c);          // [T, B, H]
@@ -73,7 +74,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     mask_step.h_new = project ? h_new.data_ptr<scalar_t>() : nullptr;
     for (int64_t s = 0; s < T; ++s) {
       const int64_t t = time_at(s, T, reverse);
-      gemm_abt(hh, h, w, /*accumulate=*/false);
+      gemm_abt(hh, dropout.gemm_input(h), w, /*accumulate=*/false);
       step.mask = {lengths_ptr(lengths), t};
       step.x_proj = x_proj.data_ptr<scalar_t>() + t * B * 4 * H;
       step.y = project ? nullptr : y.data_ptr<scalar_t>() + t * B * P;
@@ -95,7 +96,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     const Tensor& grad_y_in, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& y_in,
     const Tensor& gates_in, const Tensor& c_all_in, const Tensor& h0, const Tensor& c0,
     const Tensor& w_hh, const OptTensor& w_ch_in, const OptTensor& w_hr, const OptTensor& lengths,
-    bool reverse) {
+    const OptTensor& state_mask, bool reverse) {
   const c10::OptionalDeviceGuard guard(at::device_of(gates_in));
   const int64_t P = check_lstm_args(gates_in, c0, w_ch_in, w_hr);
   const int64_t H = check_sequence_args(gates_in, h0, w_hh, c10::nullopt, lengths, 4, P);
@@ -119,6 +120,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   Tensor dh = grad_h_n.contiguous().clone();             // [B, P] carried to the previous step
   Tensor dc = grad_c_n.to(c_type).contiguous().clone();  // [B, H] carried to the previous step
   Tensor d_gates = at::empty({T, B, 4 * H}, opts);       // [T, B, 4H] d pre-activations
+  StateDropout dropout(state_mask, dh);
   const bool project = w_hr.has_value();
   Tensor dh_valid = project ? at::empty({T, B, P}, opts) : Tensor();  // [T, B, P] d h_t, valid rows
   Tensor dm = project ? at::empty({B, H}, opts) : Tensor();           // [B, H] d m_t
@@ -151,11 +153,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
       step.c_prev = c_prev.data_ptr<acc_t>() + t * B * H;
       step.d_gates = d_gates.data_ptr<scalar_t>() + t * B * 4 * H;
       launch_step(step, B, H, gates.device());
-      gemm_ab(dh, d_gates.select(0, t), w, /*accumulate=*/true);
+      dropout.backprop(dh, d_gates.select(0, t), w);
     }
   });
 
-  const Tensor h_prev = previous_states(y, h0, lengths, reverse);  // [T, B, P]
+  const Tensor h_prev = dropout.apply(previous_states(y, h0, lengths, reverse));  // [T, B, P]
   const Tensor d_flat = d_gates.view({T * B, 4 * H});
   const Tensor grad_w_hh = d_flat.t().mm(h_prev.reshape({T * B, P}));
   const Tensor grad_b_hh = d_gates.sum(at::IntArrayRef{0, 1});

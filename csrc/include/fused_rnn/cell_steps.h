@@ -298,7 +298,7 @@ struct GruResetBeforeGatesStep {
   const scalar_t* x_proj;  // [B, 3H]  W_ih x_t + b_ih, gates r, z, n
   const scalar_t* hh_rz;   // [B, 2H]  W_h{r,z} h_{t-1}
   const scalar_t* b_hh;    // [3H]     or nullptr
-  const scalar_t* h;       // [B, H]   h_{t-1}
+  const scalar_t* h;       // [B, H]   h_{t-1} as the GEMMs see it (⊙ mask with state dropout)
   scalar_t* rh;            // [B, H]   r h_{t-1}, the input of the second GEMM
   scalar_t* gates;         // [B, 3H]  r, z written here (n by the state step); always set
 
@@ -393,8 +393,8 @@ struct GruResetBeforeBackwardRStep {
   int64_t H;
   const scalar_t* d_rh;    // [B, H]   d (r h_{t-1}) = d a_n W_hn
   const scalar_t* gates;   // [B, 3H]  saved r, z, n
-  const scalar_t* h_prev;  // [B, H]   h_{t-1}
-  scalar_t* dh;            // [B, H]   d h_{t-1}, accumulated: += d(r h) r
+  const scalar_t* h_prev;  // [B, H]   h_{t-1} as r saw it (⊙ mask with state dropout)
+  scalar_t* dh;            // [B, H]   d of that h_{t-1}, accumulated: += d(r h) r
   scalar_t* d_x;           // [B, 3H]  d x_proj_t: the r gate
 
   FUSED_RNN_STEP_COMMON
