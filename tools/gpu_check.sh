@@ -3,13 +3,17 @@
 # benchmark. Each stage runs under `timeout`; the log and a results JSON are written into the
 # output folder as the run goes, so a cut-off run still leaves what it did.
 #   usage: bash tools/gpu_check.sh OUT_DIR [GIT_COMMIT]
+# Run with the device tool: bash tools/gpu_check.sh $OUT <commit>
 set -u
 OUT=${1:?usage: gpu_check.sh OUT_DIR [GIT_COMMIT]}
 COMMIT=${2:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 PY=${PYTHON:-python3}
+# $OUT gets only what is worth keeping (the device tool brings back at most 8 files): the log,
+# the results JSON and the benchmark outputs. Scratch (junit, stage list) stays in $WORK.
+WORK=$(mktemp -d)
 mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"
-STAGES="$OUT/stages.txt"
+STAGES="$WORK/stages.txt"
 : > "$LOG"; : > "$STAGES"
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 
@@ -21,18 +25,23 @@ stage() {  # stage NAME SECONDS COMMAND...: run, log, record "NAME rc seconds"
   local rc=$?
   echo "===== $name: rc=$rc in $((SECONDS - start))s" | tee -a "$LOG"
   echo "$name $rc $((SECONDS - start))" >> "$STAGES"
-  "$PY" tools/gpu_check_report.py "$OUT" "$COMMIT" >> "$LOG" 2>&1
+  "$PY" tools/gpu_check_report.py "$OUT" "$WORK" "$COMMIT" >> "$LOG" 2>&1
   return $rc
 }
 
-# The CPU-only tests ran in CI already: here every test with a CUDA parameter or in test_cuda.py.
 PARALLEL=()
-"$PY" -c "import xdist" 2>/dev/null && PARALLEL=(-n 6)
+"$PY" -c "import xdist" 2>/dev/null && PARALLEL=(-n 8)
 
 stage environment 30 nvidia-smi
-stage build 200 "$PY" -m pip install --no-build-isolation --no-deps -v -e . || exit 1
-stage tests 150 "$PY" -m pytest tests -q -k cuda "${PARALLEL[@]}" --junitxml="$OUT/junit.xml" -p no:cacheprovider
-stage memcheck 80 compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" tools/sanitizer_workload.py
+stage build 150 "$PY" -m pip install --no-build-isolation --no-deps -v -e . || exit 1
+# Every test (the CUDA ones and, on this machine's torch, the CPU ones too).
+stage tests 150 "$PY" -m pytest tests -q "${PARALLEL[@]}" --junitxml="$WORK/junit.xml" -p no:cacheprovider
+stage memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" tools/sanitizer_workload.py
 stage racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 9 "$PY" tools/sanitizer_workload.py
-stage benchmark 90 "$PY" -m benchmarks --quick --device cuda --out "$OUT"
-tail -n 40 "$LOG" | grep -E "=====|passed|failed|ERROR SUMMARY" || true
+# Every cell on `mid` (with the reference loop), then LSTM and GRU on the other workloads.
+stage benchmark_quick 60 "$PY" -m benchmarks --quick --device cuda --out "$OUT"
+stage benchmark_workloads 150 "$PY" -m benchmarks --device cuda --cells lstm,gru \
+  --workloads small_batch,deepbench_1024,big_h,long_tiny,large_batch --dtypes fp32,bf16 \
+  --contenders fused,torch.nn --out "$OUT"
+stage benchmark_pipeline 60 "$PY" -m benchmarks.pipeline --device cuda --json "$OUT/pipeline.json"
+tail -n 60 "$LOG" | grep -E "=====|passed|failed|ERROR SUMMARY|RACECHECK SUMMARY" || true

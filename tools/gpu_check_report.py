@@ -1,6 +1,7 @@
 """Writes OUT/gpu_check.json from what tools/gpu_check.sh has done so far: the environment,
-each stage's exit code and time, every test's outcome (from junit.xml) and the sanitizer's
-error counts. Run after every stage, so the JSON is current even if the run is cut off."""
+each stage's exit code and time, every test's outcome (WORK/junit.xml) and the sanitizer's
+error counts (OUT/gpu_check.log). Run after every stage, so the JSON is current even if the run
+is cut off.   usage: gpu_check_report.py OUT WORK GIT_COMMIT"""
 import json
 import os
 import platform
@@ -29,16 +30,16 @@ def environment(commit: str) -> dict:
     return env
 
 
-def stages(out: str) -> list:
-    path = os.path.join(out, "stages.txt")
+def stages(work: str) -> list:
+    path = os.path.join(work, "stages.txt")
     if not os.path.exists(path):
         return []
     rows = [line.split() for line in open(path) if line.strip()]
     return [{"stage": name, "rc": int(rc), "seconds": int(sec)} for name, rc, sec in rows]
 
 
-def tests(out: str) -> dict:
-    path = os.path.join(out, "junit.xml")
+def tests(work: str) -> dict:
+    path = os.path.join(work, "junit.xml")
     if not os.path.exists(path):
         return {}
     outcomes = {}
@@ -70,15 +71,15 @@ def sanitizer(out: str) -> dict:
     return found
 
 
-def main(out: str, commit: str) -> None:
-    outcomes = tests(out)
+def main(out: str, work: str, commit: str) -> None:
+    outcomes = tests(work)
     summary = {k: sum(1 for v in outcomes.values() if v.startswith(k))
                for k in ("passed", "failed", "skipped")}
-    report = {"environment": environment(commit), "stages": stages(out),
+    report = {"environment": environment(commit), "stages": stages(work),
               "test_summary": summary, "sanitizer": sanitizer(out), "tests": outcomes}
     with open(os.path.join(out, "gpu_check.json"), "w") as f:
         json.dump(report, f, indent=1)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], sys.argv[3])
