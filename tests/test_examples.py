@@ -2,7 +2,7 @@
 with small flags, as a user would call them), asserting that the loss goes down. Also the parity
 check of examples/time_series.py against torch.nn.LSTM, and fused_rnn.training's TBPTT helpers.
 """
-import os
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -31,11 +31,7 @@ def decreased(losses, k=5, factor=0.9):
 
 
 def has_matplotlib():
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def test_time_series_learns():
@@ -174,7 +170,8 @@ def test_tbptt_carried_state_equals_whole_sequence(module):
         out, state = rnn(chunk, detach_state(state), lengths=chunk_lengths)
         outputs.append(out)
     torch.testing.assert_close(torch.cat(outputs, dim=1), whole)
-    for a, b in zip(state if isinstance(state, tuple) else (state,), final if isinstance(final, tuple) else (final,)):
+    as_tuple = lambda s: s if isinstance(s, tuple) else (s,)  # noqa: E731
+    for a, b in zip(as_tuple(state), as_tuple(final)):
         torch.testing.assert_close(a, b)
 
 
