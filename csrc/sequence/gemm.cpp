@@ -17,9 +17,6 @@ void gemm(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool 
   check_rows(a, "a");
   check_rows(b, "b");
   if (out.numel() == 0) return;
-#ifdef FUSED_RNN_WITH_CUDA
-  if (out.is_cuda()) return gemm_cuda(out, a, b, b_transposed, accumulate);
-#endif
   const at::Tensor rhs = b_transposed ? b.t() : b;
   at::Tensor result = out;
   if (accumulate) {

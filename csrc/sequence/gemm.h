@@ -2,8 +2,10 @@
 // wider buffers, e.g. one gate block of a [B, 3H] row):
 //   gemm_abt: out [M, N] (+)= a [M, K] · bᵀ, b [N, K]   (forward: h · W_hhᵀ)
 //   gemm_ab:  out [M, N] (+)= a [M, K] · b,  b [K, N]   (backward: d gates · W_hh)
-// CPU: ATen (MKL / OpenBLAS). CUDA: cuBLAS directly on the current stream: a time step is a few
-// microseconds of GPU work, so the dispatcher and addmm's checks would otherwise dominate it.
+// Through ATen into the preallocated `out` (MKL / OpenBLAS on the CPU, cuBLAS on the current
+// stream on CUDA). Calling cuBLAS directly would save the dispatcher's few microseconds a step,
+// but at::cuda::blas::gemm is not exported for every dtype by every torch release (2.11 lacks
+// the bfloat16 one), and linking cuBLAS ourselves ties the wheel to one CUDA major version.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -12,11 +14,5 @@ namespace fused_rnn {
 
 void gemm_abt(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate);
 void gemm_ab(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate);
-
-#ifdef FUSED_RNN_WITH_CUDA
-// out (+)= a · bᵀ (b_transposed) or a · b, via cuBLAS (csrc/cuda/gemm_cuda.cpp).
-void gemm_cuda(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool b_transposed,
-               bool accumulate);
-#endif
 
 }  // namespace fused_rnn
