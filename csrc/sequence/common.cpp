@@ -6,9 +6,18 @@
 
 namespace fused_rnn {
 
-void check_like(const Tensor& tensor, const char* name, at::IntArrayRef shape, const Tensor& x_proj) {
-  TORCH_CHECK(tensor.sizes() == shape, "fused_rnn: ", name, " must have shape ", shape, ", got ",
-              tensor.sizes());
+std::string shape_string(at::IntArrayRef shape) {
+  std::string text = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    text += (i ? ", " : "") + std::to_string(shape[i]);
+  }
+  return text + "]";
+}
+
+void check_like(const Tensor& tensor, const char* name, const std::vector<int64_t>& shape,
+                const Tensor& x_proj) {
+  TORCH_CHECK(tensor.sizes().vec() == shape, "fused_rnn: ", name, " must have shape ",
+              shape_string(shape), ", got ", shape_string(tensor.sizes()));
   TORCH_CHECK(tensor.scalar_type() == x_proj.scalar_type(), "fused_rnn: ", name, " has dtype ",
               tensor.scalar_type(), " but the input has dtype ", x_proj.scalar_type());
   TORCH_CHECK(tensor.device() == x_proj.device(), "fused_rnn: ", name, " is on ", tensor.device(),
@@ -19,7 +28,7 @@ int64_t check_sequence_args(const Tensor& x_proj, const Tensor& h0, const Tensor
                             const OptTensor& b_hh, const OptTensor& lengths, int64_t gates,
                             c10::optional<int64_t> state_size) {
   TORCH_CHECK(x_proj.dim() == 3, "fused_rnn: x_proj must be 3-D [T, B, ", gates,
-              "*H], got shape ", x_proj.sizes());
+              "*H], got shape ", shape_string(x_proj.sizes()));
   TORCH_CHECK(at::isFloatingType(x_proj.scalar_type()),
               "fused_rnn: x_proj must be a floating-point tensor, got ", x_proj.scalar_type());
   TORCH_CHECK(x_proj.size(0) > 0, "fused_rnn: the sequence must have at least one time step");
@@ -36,7 +45,7 @@ int64_t check_sequence_args(const Tensor& x_proj, const Tensor& h0, const Tensor
     TORCH_CHECK(len.scalar_type() == at::kLong, "fused_rnn: lengths must be int64, got ",
                 len.scalar_type());
     TORCH_CHECK(len.dim() == 1 && len.size(0) == B, "fused_rnn: lengths must have shape [", B,
-                "] (one entry per sequence), got ", len.sizes());
+                "] (one entry per sequence), got ", shape_string(len.sizes()));
     TORCH_CHECK(len.device() == x_proj.device(), "fused_rnn: lengths is on ", len.device(),
                 " but the input is on ", x_proj.device());
     TORCH_CHECK(len.is_contiguous(), "fused_rnn: lengths must be contiguous");
@@ -70,7 +79,7 @@ Tensor previous_states(const Tensor& states, const Tensor& initial, const OptTen
 
 StateDropout::StateDropout(const OptTensor& mask, const Tensor& state) {
   if (!mask.has_value()) return;
-  check_like(*mask, "state_mask", state.sizes(), state);
+  check_like(*mask, "state_mask", state.sizes().vec(), state);
   mask_ = mask->contiguous();
   dropped_ = at::empty_like(state);
   grad_ = at::empty_like(state);

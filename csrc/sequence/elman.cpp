@@ -50,7 +50,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> elman_backward(
   const c10::OptionalDeviceGuard guard(at::device_of(y_in));
   const int64_t H = check_sequence_args(y_in, h0, w_hh, c10::nullopt, lengths, 1, c10::nullopt);
   const int64_t T = y_in.size(0), B = y_in.size(1);
-  check_like(grad_y_in, "grad_y", y_in.sizes(), y_in);
+  check_like(grad_y_in, "grad_y", y_in.sizes().vec(), y_in);
   check_like(grad_h_n, "grad_h_n", {B, H}, y_in);
   const Tensor y = y_in.contiguous();            // [T, B, H]
   const Tensor grad_y = grad_y_in.contiguous();  // [T, B, H]

@@ -2,13 +2,15 @@
 
 #include <c10/util/Exception.h>
 
+#include "common.h"
+
 namespace fused_rnn {
 namespace {
 
 void check_rows(const at::Tensor& t, const char* name) {
   TORCH_INTERNAL_ASSERT(t.dim() == 2 && (t.size(1) <= 1 || t.stride(1) == 1), "fused_rnn: GEMM ",
-                        name, " must be a row-major matrix, got sizes ", t.sizes(), " strides ",
-                        t.strides());
+                        name, " must be a row-major matrix, got sizes ", shape_string(t.sizes()),
+                        " strides ", shape_string(t.strides()));
 }
 
 void gemm(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool b_transposed,
