@@ -28,12 +28,12 @@ def main(library: str) -> None:
         x_proj = x @ w_ih.t()
         if gates == 4:
             y, h, c, _, _ = torch.ops.fused_rnn.lstm_forward(x_proj, h0, c0, w_hh, b_hh, None, None,
-                                                             lengths, True, False)
+                                                             lengths, None, True, False)
             expected = reference.lstm(x, h0, c0, w_ih, w_hh, None, b_hh, lengths=lengths, reverse=True)
             got = (y, h, c)
         else:
-            y, h, _, _ = torch.ops.fused_rnn.gru_forward(x_proj, h0, w_hh, b_hh, lengths, False, True,
-                                                         False)
+            y, h, _, _ = torch.ops.fused_rnn.gru_forward(x_proj, h0, w_hh, b_hh, lengths, None, False,
+                                                         True, False)
             expected = reference.gru(x, h0, w_ih, w_hh, None, b_hh, lengths=lengths)
             got = (y, h)
         for a, b in zip(got, expected):
