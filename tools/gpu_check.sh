@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One run on a bare GPU machine (no network): build, all tests, compute-sanitizer, benchmarks.
-# benchmark. Each stage runs under `timeout`; the log and a results JSON are written into the
+# Each stage runs under `timeout`; the log and a results JSON are written into the
 # output folder as the run goes, so a cut-off run still leaves what it did.
 #   usage: bash tools/gpu_check.sh OUT_DIR [GIT_COMMIT]
 # Run with the device tool: bash tools/gpu_check.sh $OUT <commit>
