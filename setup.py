@@ -78,10 +78,13 @@ def _extension():
                          glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     # The C++ standard is the one torch asks for (C++17 up to 2.9, C++20 after): not set here.
-    cxx_flags = ["-O3"]
+    # -fopenmp: at::parallel_for is a header template that runs serially unless the extension
+    # itself is compiled with OpenMP. The loader reuses the libgomp.so.1 torch already loaded.
+    cxx_flags = ["-O3", "-fopenmp"]
+    link_flags = ["-fopenmp"]
     if not _want_cuda():
         return CppExtension("fused_rnn._C", cpp_sources, include_dirs=include_dirs,
-                            extra_compile_args={"cxx": cxx_flags})
+                            extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags)
     _set_default_arch_list()
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")) +
                           glob.glob(os.path.join("csrc", "cuda", "*.cu")))
@@ -89,6 +92,7 @@ def _extension():
         "fused_rnn._C", cpp_sources + cuda_sources,
         include_dirs=include_dirs + _pip_cuda_include_dirs(),
         define_macros=[("FUSED_RNN_WITH_CUDA", None)],
+        extra_link_args=link_flags,
         extra_compile_args={"cxx": cxx_flags,
                             "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]})
 

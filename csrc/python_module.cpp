@@ -5,12 +5,25 @@
 
 #include <string>
 
+#include "fused_rnn/launch.h"
+
 #ifdef FUSED_RNN_WITH_CUDA
 namespace fused_rnn {
 std::string cuda_toolkit_version();
 std::string cuda_arch_list();
 }  // namespace fused_rnn
 #endif
+
+namespace fused_rnn {
+// The vectors this CPU's kernels run with: "avx512", "avx2" or "scalar".
+std::string cpu_simd_level() {
+#ifdef FUSED_RNN_CPU_AVX2
+  if (cpu_has_avx512()) return "avx512";
+  if (cpu_has_avx2()) return "avx2";
+#endif
+  return "scalar";
+}
+}  // namespace fused_rnn
 
 namespace {
 
@@ -26,6 +39,13 @@ pybind11::dict build_info() {
 #else
   info["compiler"] = "unknown";
 #endif
+  // at::parallel_for runs serially in code compiled without OpenMP.
+#ifdef _OPENMP
+  info["openmp"] = true;
+#else
+  info["openmp"] = false;
+#endif
+  info["cpu_simd"] = fused_rnn::cpu_simd_level();
 #ifdef FUSED_RNN_WITH_CUDA
   info["cuda_compiled"] = true;
   info["cuda_version"] = fused_rnn::cuda_toolkit_version();

@@ -6,7 +6,8 @@ import torch
 
 def build_info() -> Dict[str, Any]:
     """Package version, the torch and CUDA versions the kernels were compiled with, whether CUDA
-    kernels were compiled and for which architectures, and the C++ compiler."""
+    kernels were compiled and for which architectures, the C++ compiler, whether the CPU loops
+    run in parallel (openmp) and the SIMD level the CPU kernels use here (cpu_simd)."""
     from . import __version__, _ops
 
     info: Dict[str, Any] = {"version": __version__, "torch_runtime": torch.__version__}

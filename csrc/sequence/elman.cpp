@@ -4,7 +4,7 @@
 
 #include "fused_rnn/cell_steps.h"
 #include "fused_rnn/launch.h"
-#include "gemm.h"
+#include "recurrent_loop.h"
 #include "sequence_ops.h"
 
 namespace fused_rnn {
@@ -31,14 +31,13 @@ std::tuple<Tensor, Tensor> elman_forward(const Tensor& x_proj_in, const Tensor& 
     step.hh = hh.data_ptr<scalar_t>();
     step.b_hh = optional_data<scalar_t>(b_hh, bias);
     step.h = h.data_ptr<scalar_t>();
-    for (int64_t s = 0; s < T; ++s) {
-      const int64_t t = time_at(s, T, reverse);
-      gemm_abt(hh, dropout.gemm_input(h), w, /*accumulate=*/false);
-      step.mask = {lengths_ptr(lengths), t};
-      step.x_proj = x_proj.data_ptr<scalar_t>() + t * B * H;
-      step.y = y.data_ptr<scalar_t>() + t * B * H;
-      launch_step(step, B, H, x_proj.device());
-    }
+    forward_loop(T, reverse, 1, h, w, hh, dropout, [&](int64_t t) {
+      ElmanForwardStep<scalar_t> at_t = step;
+      at_t.mask = {lengths_ptr(lengths), t};
+      at_t.x_proj = x_proj.data_ptr<scalar_t>() + t * B * H;
+      at_t.y = y.data_ptr<scalar_t>() + t * B * H;
+      return at_t;
+    });
   });
   return {y, h};
 }
@@ -64,15 +63,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> elman_backward(
     step.H = H;
     step.relu = relu;
     step.dh = dh.data_ptr<scalar_t>();
-    for (int64_t s = T - 1; s >= 0; --s) {
-      const int64_t t = time_at(s, T, reverse);
-      step.mask = {lengths_ptr(lengths), t};
-      step.grad_y = grad_y.data_ptr<scalar_t>() + t * B * H;
-      step.y = y.data_ptr<scalar_t>() + t * B * H;
-      step.d_a = d_a.data_ptr<scalar_t>() + t * B * H;
-      launch_step(step, B, H, y.device());
-      dropout.backprop(dh, d_a.select(0, t), w);
-    }
+    backward_loop(T, reverse, 1, dh, d_a, w, dropout, [&](int64_t t) {
+      ElmanBackwardStep<scalar_t> at_t = step;
+      at_t.mask = {lengths_ptr(lengths), t};
+      at_t.grad_y = grad_y.data_ptr<scalar_t>() + t * B * H;
+      at_t.y = y.data_ptr<scalar_t>() + t * B * H;
+      at_t.d_a = d_a.data_ptr<scalar_t>() + t * B * H;
+      return at_t;
+    });
   });
   const Tensor h_prev = dropout.apply(previous_states(y, h0, lengths, reverse));  // [T, B, H]
   const Tensor grad_w_hh = d_a.view({T * B, H}).t().mm(h_prev.reshape({T * B, H}));

@@ -6,6 +6,7 @@
 #include "fused_rnn/cell_steps.h"
 #include "fused_rnn/launch.h"
 #include "gemm.h"
+#include "recurrent_loop.h"
 #include "sequence_ops.h"
 
 namespace fused_rnn {
@@ -44,16 +45,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& x_proj_in, 
       step.hh = hh.data_ptr<scalar_t>();
       step.b_hh = b_hh_data;
       step.h = h.data_ptr<scalar_t>();
-      for (int64_t s = 0; s < T; ++s) {
-        const int64_t t = time_at(s, T, reverse);
-        gemm_abt(hh, dropout.gemm_input(h), w, /*accumulate=*/false);
-        step.mask = {lengths_ptr(lengths), t};
-        step.x_proj = x_at(t);
-        step.y = y.data_ptr<scalar_t>() + t * B * H;
-        step.gates = gates_at(t);
-        step.hh_n = training ? hh_n_all.data_ptr<scalar_t>() + t * B * H : nullptr;
-        launch_step(step, B, H, device);
-      }
+      forward_loop(T, reverse, 3, h, w, hh, dropout, [&](int64_t t) {
+        GruForwardStep<scalar_t> at_t = step;
+        at_t.mask = {lengths_ptr(lengths), t};
+        at_t.x_proj = x_at(t);
+        at_t.y = y.data_ptr<scalar_t>() + t * B * H;
+        at_t.gates = gates_at(t);
+        at_t.hh_n = training ? hh_n_all.data_ptr<scalar_t>() + t * B * H : nullptr;
+        return at_t;
+      });
       return;
     }
     const Tensor w_rz = w.narrow(0, 0, 2 * H);  // [2H, H]
@@ -121,18 +121,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
       GruBackwardStep<scalar_t> step;
       step.H = H;
       step.dh = dh.data_ptr<scalar_t>();
-      for (int64_t s = T - 1; s >= 0; --s) {
-        const int64_t t = time_at(s, T, reverse);
-        step.mask = {lengths_ptr(lengths), t};
-        step.grad_y = at_t(grad_y, t, H);
-        step.gates = at_t(gates, t, 3 * H);
-        step.hh_n = at_t(hh_n, t, H);
-        step.h_prev = at_t(h_prev, t, H);
-        step.d_x = at_t(d_x, t, 3 * H);
-        step.d_hh = at_t(d_hh, t, 3 * H);
-        launch_step(step, B, H, device);
-        dropout.backprop(dh, d_hh.select(0, t), w);
-      }
+      backward_loop(T, reverse, 3, dh, d_hh, w, dropout, [&](int64_t t) {
+        GruBackwardStep<scalar_t> step_t = step;
+        step_t.mask = {lengths_ptr(lengths), t};
+        step_t.grad_y = at_t(grad_y, t, H);
+        step_t.gates = at_t(gates, t, 3 * H);
+        step_t.hh_n = at_t(hh_n, t, H);
+        step_t.h_prev = at_t(h_prev, t, H);
+        step_t.d_x = at_t(d_x, t, 3 * H);
+        step_t.d_hh = at_t(d_hh, t, 3 * H);
+        return step_t;
+      });
       grad_w_hh = d_hh.view({T * B, 3 * H}).t().mm(dropout.apply(h_prev).view({T * B, H}));
       grad_b_hh = d_hh.sum(at::IntArrayRef{0, 1});
       return;

@@ -7,6 +7,7 @@
 #include "fused_rnn/cell_steps.h"
 #include "fused_rnn/launch.h"
 #include "gemm.h"
+#include "recurrent_loop.h"
 #include "sequence_ops.h"
 
 namespace fused_rnn {
@@ -73,21 +74,25 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     mask_step.P = P;
     mask_step.h = h.data_ptr<scalar_t>();
     mask_step.h_new = project ? h_new.data_ptr<scalar_t>() : nullptr;
+    auto step_at = [&](int64_t t) {
+      LstmForwardStep<scalar_t> at_t = step;
+      at_t.mask = {lengths_ptr(lengths), t};
+      at_t.x_proj = x_proj.data_ptr<scalar_t>() + t * B * 4 * H;
+      at_t.y = project ? nullptr : y.data_ptr<scalar_t>() + t * B * P;
+      at_t.gates = training ? gates.data_ptr<scalar_t>() + t * B * 4 * H : nullptr;
+      at_t.c_saved = training ? c_all.data_ptr<acc_t>() + t * B * H : nullptr;
+      return at_t;
+    };
+    if (!project) return forward_loop(T, reverse, 4, h, w, hh, dropout, step_at);
+    // With a projection each step is: hh = W_hh h, the cell step (writes m), h = W_hr m, mask.
     for (int64_t s = 0; s < T; ++s) {
       const int64_t t = time_at(s, T, reverse);
       gemm_abt(hh, dropout.gemm_input(h), w, /*accumulate=*/false);
-      step.mask = {lengths_ptr(lengths), t};
-      step.x_proj = x_proj.data_ptr<scalar_t>() + t * B * 4 * H;
-      step.y = project ? nullptr : y.data_ptr<scalar_t>() + t * B * P;
-      step.gates = training ? gates.data_ptr<scalar_t>() + t * B * 4 * H : nullptr;
-      step.c_saved = training ? c_all.data_ptr<acc_t>() + t * B * H : nullptr;
-      launch_step(step, B, H, x_proj.device());
-      if (project) {
-        gemm_abt(h_new, m, w_proj, /*accumulate=*/false);
-        mask_step.mask = step.mask;
-        mask_step.y = y.data_ptr<scalar_t>() + t * B * P;
-        launch_step(mask_step, B, P, x_proj.device());
-      }
+      launch_step(step_at(t), B, H, x_proj.device());
+      gemm_abt(h_new, m, w_proj, /*accumulate=*/false);
+      mask_step.mask = {lengths_ptr(lengths), t};
+      mask_step.y = y.data_ptr<scalar_t>() + t * B * P;
+      launch_step(mask_step, B, P, x_proj.device());
     }
   });
   return {y, h, c.to(x_proj.scalar_type()), gates, c_all};
@@ -138,22 +143,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     ProjectionCarryStep<scalar_t> carry_step;
     carry_step.P = P;
     carry_step.carry = dh.data_ptr<scalar_t>();
+    auto step_at = [&](int64_t t) {
+      LstmBackwardStep<scalar_t> at_t = step;
+      at_t.mask = {lengths_ptr(lengths), t};
+      at_t.grad_y = project ? nullptr : grad_y.data_ptr<scalar_t>() + t * B * P;
+      at_t.gates = gates.data_ptr<scalar_t>() + t * B * 4 * H;
+      at_t.c_t = c_all.data_ptr<acc_t>() + t * B * H;
+      at_t.c_prev = c_prev.data_ptr<acc_t>() + t * B * H;
+      at_t.d_gates = d_gates.data_ptr<scalar_t>() + t * B * 4 * H;
+      return at_t;
+    };
+    if (!project) return backward_loop(T, reverse, 4, dh, d_gates, w, dropout, step_at);
+    // With a projection, d m_t = W_hrᵀ (d h_t on valid rows) comes first.
     for (int64_t s = T - 1; s >= 0; --s) {
       const int64_t t = time_at(s, T, reverse);
-      step.mask = {lengths_ptr(lengths), t};
-      if (project) {
-        carry_step.mask = step.mask;
-        carry_step.grad_y = grad_y.data_ptr<scalar_t>() + t * B * P;
-        carry_step.dh_valid = dh_valid.data_ptr<scalar_t>() + t * B * P;
-        launch_step(carry_step, B, P, gates.device());
-        gemm_ab(dm, dh_valid.select(0, t), w_hr_c, /*accumulate=*/false);
-      }
-      step.grad_y = project ? nullptr : grad_y.data_ptr<scalar_t>() + t * B * P;
-      step.gates = gates.data_ptr<scalar_t>() + t * B * 4 * H;
-      step.c_t = c_all.data_ptr<acc_t>() + t * B * H;
-      step.c_prev = c_prev.data_ptr<acc_t>() + t * B * H;
-      step.d_gates = d_gates.data_ptr<scalar_t>() + t * B * 4 * H;
-      launch_step(step, B, H, gates.device());
+      carry_step.mask = {lengths_ptr(lengths), t};
+      carry_step.grad_y = grad_y.data_ptr<scalar_t>() + t * B * P;
+      carry_step.dh_valid = dh_valid.data_ptr<scalar_t>() + t * B * P;
+      launch_step(carry_step, B, P, gates.device());
+      gemm_ab(dm, dh_valid.select(0, t), w_hr_c, /*accumulate=*/false);
+      launch_step(step_at(t), B, H, gates.device());
       dropout.backprop(dh, d_gates.select(0, t), w);
     }
   });

@@ -1,0 +1,68 @@
+// PackedMatrix (packing runs once per sequence, in the baseline ISA) and the panel loop of
+// packed_gemm; the AVX-512 inner kernel is in packed_gemm_avx512.cpp.
+#include "packed_gemm.h"
+
+#include "fused_rnn/launch.h"
+
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cstdlib>
+
+namespace fused_rnn {
+namespace cpu {
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// packed_gemm_avx512.cpp
+void packed_panel_avx512(const float* a, int64_t lda_r, int64_t lda_k, int64_t rows,
+                         const float* panel, int64_t K, int64_t chunks, float* const* c_chunk,
+                         int64_t ldc, bool accumulate);
+#endif
+
+void PackedMatrix::FreeAligned::operator()(float* p) const { std::free(p); }
+
+PackedMatrix::PackedMatrix(const float* src, int64_t stride_k, int64_t stride_n, int64_t K,
+                           const std::vector<int64_t>& chunk_cols, int64_t chunks_per_panel)
+    : K_(K), per_panel_(chunks_per_panel), chunk_cols_(chunk_cols) {
+  TORCH_INTERNAL_ASSERT(chunks_per_panel >= 1 && chunks_per_panel <= kMaxChunksPerPanel);
+  const int64_t chunks = static_cast<int64_t>(chunk_cols.size());
+  int64_t total = 0;
+  for (int64_t first = 0; first < chunks; first += per_panel_) {
+    const int64_t n = std::min(per_panel_, chunks - first);
+    panel_chunks_.push_back(n);
+    panel_offset_.push_back(total);
+    total += K * n * kChunk;
+  }
+  // aligned_alloc wants a multiple of the alignment; one extra vector keeps it non-zero.
+  const size_t bytes = static_cast<size_t>(total + kChunk) * sizeof(float);
+  data_.reset(static_cast<float*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)));
+  TORCH_CHECK(data_ != nullptr, "fused_rnn: could not allocate ", bytes, " bytes for packed weights");
+  for (int64_t p = 0; p < panels(); ++p) {
+    float* dst = data_.get() + panel_offset_[p];
+    const int64_t n = panel_chunks_[p];
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t v = 0; v < n; ++v) {
+        const float* col = src + k * stride_k + chunk_col(p, v) * stride_n;
+        for (int64_t u = 0; u < kChunk; ++u) *dst++ = col[u * stride_n];
+      }
+    }
+  }
+}
+
+void packed_gemm(const float* a, int64_t lda_r, int64_t lda_k, int64_t rows, const PackedMatrix& b,
+                 int64_t panel_begin, int64_t panel_end, float* c, int64_t ldc, bool accumulate) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  TORCH_INTERNAL_ASSERT(cpu_has_avx512(), "fused_rnn: packed_gemm needs AVX-512");
+  for (int64_t p = panel_begin; p < panel_end; ++p) {
+    float* c_chunk[kMaxChunksPerPanel];
+    for (int64_t v = 0; v < b.chunks(p); ++v) c_chunk[v] = c + b.chunk_col(p, v);
+    packed_panel_avx512(a, lda_r, lda_k, rows, b.panel_data(p), b.K(), b.chunks(p), c_chunk, ldc,
+                        accumulate);
+  }
+#else
+  TORCH_INTERNAL_ASSERT(false, "fused_rnn: packed_gemm needs AVX-512");
+#endif
+}
+
+}  // namespace cpu
+}  // namespace fused_rnn

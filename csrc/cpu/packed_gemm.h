@@ -1,0 +1,58 @@
+// A float GEMM for the CPU recurrence, C (+)= A · B, where B is a weight matrix packed once per
+// sequence into column panels (csrc/cpu/packed_gemm_avx512.cpp runs it with AVX-512).
+//
+// Why our own: each time step multiplies a small state matrix (B rows) by the same W_hh. ATen's
+// GEMM repacks W_hh and pays its call overhead on every step, and on AMD CPUs MKL runs its AVX2
+// code; packed once, W_hh stays in cache and the step runs near the FMA peak.
+//
+// Layout. The output columns are grouped in chunks of 16 contiguous columns (one AVX-512 vector);
+// a panel is up to 4 chunks that need not be adjacent: for an LSTM, panel p holds the columns of
+// hidden units [16p, 16p + 16) of all four gates, so one worker owns everything its pointwise
+// step needs. A panel is stored k-major: panel[k][v * 16 + u] = B(k, chunk_col[v] + u).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+namespace fused_rnn {
+namespace cpu {
+
+constexpr int64_t kChunk = 16;            // columns per chunk (floats per AVX-512 vector)
+constexpr int64_t kMaxChunksPerPanel = 4;
+
+class PackedMatrix {
+ public:
+  // B(k, n) = src[k * stride_k + n * stride_n], k in [0, K). chunk_cols[i] is the first output
+  // column of chunk i; consecutive runs of `chunks_per_panel` chunks form the panels.
+  PackedMatrix(const float* src, int64_t stride_k, int64_t stride_n, int64_t K,
+               const std::vector<int64_t>& chunk_cols, int64_t chunks_per_panel);
+
+  int64_t K() const { return K_; }
+  int64_t panels() const { return static_cast<int64_t>(panel_offset_.size()); }
+  int64_t chunks(int64_t panel) const { return panel_chunks_[panel]; }
+  const float* panel_data(int64_t panel) const { return data_.get() + panel_offset_[panel]; }
+  // The first output column of chunk v of a panel.
+  int64_t chunk_col(int64_t panel, int64_t v) const { return chunk_cols_[panel * per_panel_ + v]; }
+
+ private:
+  struct FreeAligned {
+    void operator()(float* p) const;
+  };
+  int64_t K_;
+  int64_t per_panel_;
+  std::vector<int64_t> chunk_cols_;     // [chunks]
+  std::vector<int64_t> panel_chunks_;   // [panels] chunks in each panel (the last may have fewer)
+  std::vector<int64_t> panel_offset_;   // [panels] float offset of each panel in data_
+  std::unique_ptr<float[], FreeAligned> data_;  // [sum over panels of K * chunks * 16], 64-B aligned
+};
+
+// For panels [panel_begin, panel_end) of b: C(r, cols) (+)= sum_k A(r, k) B(k, cols) for rows
+// r in [0, rows), with A(r, k) = a[r * lda_r + k * lda_k] and C row r at c + r * ldc.
+// accumulate = false overwrites C. Runs on the calling thread; requires cpu_has_avx512()
+// (launch.h).
+void packed_gemm(const float* a, int64_t lda_r, int64_t lda_k, int64_t rows, const PackedMatrix& b,
+                 int64_t panel_begin, int64_t panel_end, float* c, int64_t ldc, bool accumulate);
+
+}  // namespace cpu
+}  // namespace fused_rnn

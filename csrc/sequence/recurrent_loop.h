@@ -1,0 +1,92 @@
+// The time loop the cells share: per step the recurrent GEMM and the cell's fused pointwise
+// step (cell_steps.h), forward and backward. On a CPU with AVX-512, float sequences whose sizes
+// are multiples of 16 run the packed, threaded recurrence (csrc/cpu/recurrence.h); everything
+// else runs one ATen GEMM and one launch_step per time step.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "../cpu/recurrence.h"
+#include "common.h"
+#include "fused_rnn/launch.h"
+#include "gemm.h"
+
+namespace fused_rnn {
+
+// Whether the packed CPU recurrence runs a sequence with state h [B, P] and hidden size H.
+inline bool use_packed_recurrence(const Tensor& state, int64_t H, const StateDropout& dropout) {
+  return state.is_cpu() && state.scalar_type() == at::kFloat && !dropout.active() &&
+         state.size(1) == H && cpu::recurrence_supported(H);
+}
+
+// Forward over steps s = 0 .. T-1 (time t = time_at(s, T, reverse)):
+//   hh = h · W_hhᵀ, then step_at(t) over [B, H], which updates h in place.
+// h [B, P] state; w [gates*H, P]; hh [B, gates*H]; step_at(t) returns the step for time t.
+template <class StepAt>
+void forward_loop(int64_t T, bool reverse, int64_t gates, const Tensor& h, const Tensor& w,
+                  const Tensor& hh, StateDropout& dropout, const StepAt& step_at) {
+  const int64_t B = h.size(0), P = h.size(1), H = w.size(0) / gates;
+  using Step = decltype(step_at(int64_t{0}));
+  if constexpr (std::is_same_v<typename Step::scalar_type, float>) {
+    if (use_packed_recurrence(h, H, dropout)) {
+      const cpu::PackedMatrix packed = cpu::pack_for_forward(w.data_ptr<float>(), gates, H, P);
+      const int64_t units = cpu::units_per_panel(gates, /*forward=*/true);
+      const float* h_data = h.data_ptr<float>();
+      float* hh_data = hh.data_ptr<float>();
+      cpu::run_recurrence(
+          T, packed.panels(),
+          [&](int64_t, int64_t p0, int64_t p1) {
+            cpu::packed_gemm(h_data, P, 1, B, packed, p0, p1, hh_data, gates * H, false);
+          },
+          [&](int64_t s, int64_t p0, int64_t p1) {
+            run_cpu_block(step_at(time_at(s, T, reverse)), 0, B, p0 * units,
+                          std::min(p1 * units, H));
+          });
+      return;
+    }
+  }
+  for (int64_t s = 0; s < T; ++s) {
+    gemm_abt(hh, dropout.gemm_input(h), w, /*accumulate=*/false);
+    launch_step(step_at(time_at(s, T, reverse)), B, H, h.device());
+  }
+}
+
+// Backward over steps s = T-1 .. 0: step_at(t) over [B, H], which writes d_pre[t] and leaves in
+// dh the part of d h_{t-1} that bypasses W_hh; then dh += d_pre[t] · W_hh (through the dropout
+// mask when there is one).
+// dh [B, P]; d_pre [T, B, gates*H]; w [gates*H, P].
+template <class StepAt>
+void backward_loop(int64_t T, bool reverse, int64_t gates, const Tensor& dh, const Tensor& d_pre,
+                   const Tensor& w, StateDropout& dropout, const StepAt& step_at) {
+  const int64_t B = dh.size(0), P = dh.size(1), H = w.size(0) / gates;
+  using Step = decltype(step_at(int64_t{0}));
+  if constexpr (std::is_same_v<typename Step::scalar_type, float>) {
+    if (use_packed_recurrence(dh, H, dropout)) {
+      const cpu::PackedMatrix packed = cpu::pack_for_backward(w.data_ptr<float>(), gates, H, P);
+      const int64_t units = cpu::units_per_panel(gates, /*forward=*/false);
+      const float* d_pre_data = d_pre.data_ptr<float>();
+      float* dh_data = dh.data_ptr<float>();
+      auto t_of = [&](int64_t i) { return time_at(T - 1 - i, T, reverse); };
+      cpu::run_recurrence(
+          T, packed.panels(),
+          [&](int64_t i, int64_t p0, int64_t p1) {
+            run_cpu_block(step_at(t_of(i)), 0, B, p0 * units, std::min(p1 * units, H));
+          },
+          [&](int64_t i, int64_t p0, int64_t p1) {
+            const float* d_pre_t = d_pre_data + t_of(i) * B * gates * H;
+            cpu::packed_gemm(d_pre_t, gates * H, 1, B, packed, p0, p1, dh_data, P, true);
+          });
+      return;
+    }
+  }
+  Tensor dh_carry = dh;
+  for (int64_t s = T - 1; s >= 0; --s) {
+    const int64_t t = time_at(s, T, reverse);
+    launch_step(step_at(t), B, H, dh.device());
+    dropout.backprop(dh_carry, d_pre.select(0, t), w);
+  }
+}
+
+}  // namespace fused_rnn

@@ -1,0 +1,61 @@
+"""The CPU's packed, threaded recurrence (csrc/cpu/recurrence.h) against the oracle.
+
+It runs for float32 sequences whose hidden size is a multiple of 16 on CPUs with AVX-512, with
+one worker per thread; the other op tests run single-threaded on small odd sizes, so they take
+the per-step path. Here: several threads, sizes that split into several panels, row counts that
+are not multiples of the 6-row register tile, lengths and reverse, forward and backward."""
+import pytest
+import torch
+
+import fused_rnn
+from cases import make_case
+from test_ops import assert_matches_reference
+
+CELLS = ["rnn_tanh", "rnn_relu", "lstm", "peephole_lstm", "gru"]
+
+
+@pytest.fixture(params=[2, 3], ids=lambda n: f"{n}threads")
+def threads(request):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def test_build_runs_parallel_loops():
+    """Without OpenMP in the extension's own build, at::parallel_for runs serially."""
+    assert fused_rnn.build_info()["openmp"]
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 9, 32), (4, 13, 16, 48), (3, 1, 8, 128)], ids=str)
+@pytest.mark.parametrize("cell", CELLS)
+def test_matches_reference(cell, shape, threads):
+    torch.manual_seed(3)
+    assert_matches_reference(make_case(cell, *shape, dtype=torch.float32), torch.float32)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("cell", CELLS)
+def test_lengths_and_reverse(cell, reverse, threads):
+    torch.manual_seed(4)
+    lengths = torch.tensor([6, 0, 3, 1, 6, 5, 2])
+    case = make_case(cell, 6, 7, 5, 64, dtype=torch.float32, lengths=lengths, reverse=reverse)
+    assert_matches_reference(case, torch.float32)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_threads_agree(cell):
+    """The panels a thread owns change with the thread count; the numbers must not."""
+    torch.manual_seed(5)
+    case = make_case(cell, 7, 10, 6, 96, dtype=torch.float32)
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            outs = case.run("fused")
+            results.append([o.detach() for o in outs])
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
