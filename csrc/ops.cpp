@@ -31,4 +31,6 @@ TORCH_LIBRARY(fused_rnn, m) {
       "Tensor h0, Tensor w_hh, Tensor? lengths, Tensor? state_mask, bool reverse, "
       "bool reset_after) "
       "-> (Tensor grad_x_proj, Tensor grad_h0, Tensor grad_w_hh, Tensor grad_b_hh)");
+  // x [M, K] · wᵀ (+ b): the input projection of all steps at once (sequence/gemm.h).
+  m.def("linear(Tensor x, Tensor w, Tensor? b) -> Tensor");
 }

@@ -77,8 +77,7 @@ def _project_input(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor]) -> Tensor:
     """x (T, B, I) -> x @ w_ih.T + b_ih, shape (T, B, G*H): one GEMM for all steps."""
     steps, batch, _ = x.shape
     flat = x.reshape(steps * batch, x.size(2))
-    proj = torch.addmm(b_ih, flat, w_ih.t()) if b_ih is not None else flat @ w_ih.t()
-    return proj.view(steps, batch, w_ih.size(0))
+    return _ops.linear(flat, w_ih, b_ih).view(steps, batch, w_ih.size(0))
 
 
 def rnn(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,

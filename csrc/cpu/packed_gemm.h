@@ -20,11 +20,15 @@ namespace cpu {
 
 constexpr int64_t kChunk = 16;            // columns per chunk (floats per AVX-512 vector)
 constexpr int64_t kMaxChunksPerPanel = 4;
+// K is walked in blocks of this many rows of a panel, so that the panel's slice (up to
+// 128 x 64 floats = 32 KiB) stays in L1 while the row tiles of A stream past it.
+constexpr int64_t kBlockK = 128;
 
 class PackedMatrix {
  public:
   // B(k, n) = src[k * stride_k + n * stride_n], k in [0, K). chunk_cols[i] is the first output
   // column of chunk i; consecutive runs of `chunks_per_panel` chunks form the panels.
+  // Panels are packed in parallel (at::parallel_for).
   PackedMatrix(const float* src, int64_t stride_k, int64_t stride_n, int64_t K,
                const std::vector<int64_t>& chunk_cols, int64_t chunks_per_panel);
 
@@ -53,6 +57,14 @@ class PackedMatrix {
 // (launch.h).
 void packed_gemm(const float* a, int64_t lda_r, int64_t lda_k, int64_t rows, const PackedMatrix& b,
                  int64_t panel_begin, int64_t panel_end, float* c, int64_t ldc, bool accumulate);
+
+// A whole GEMM on all threads, for the large products outside the time loop (input
+// projection, weight gradients): C [M, N] (+)= A [M, K] · B [K, N] with
+//   A(r, k) = a[r * lda_r + k * lda_k], B(k, n) = b[k * ldb_k + n * ldb_n], C row r at c + r * ldc.
+// Packs B, then splits the rows of C between the threads. Requires N % 16 == 0 and
+// cpu_has_avx512().
+void gemm(const float* a, int64_t lda_r, int64_t lda_k, const float* b, int64_t ldb_k,
+          int64_t ldb_n, float* c, int64_t ldc, int64_t M, int64_t K, int64_t N, bool accumulate);
 
 }  // namespace cpu
 }  // namespace fused_rnn

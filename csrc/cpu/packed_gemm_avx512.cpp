@@ -1,5 +1,5 @@
-// The AVX-512 inner kernel of packed_gemm (csrc/cpu/packed_gemm.h): one panel of packed B times
-// all rows of A. Only this file is compiled for AVX-512 (the pragma below), and it holds nothing
+// The AVX-512 inner kernel of packed_gemm (csrc/cpu/packed_gemm.h): a block of K rows of one
+// panel of packed B times rows of A, in register tiles of 6 rows x the panel's vectors. Only this file is compiled for AVX-512 (the pragma below), and it holds nothing
 // but plain functions of raw pointers, so that no inline library code built for AVX-512 can be
 // picked by the linker for the baseline build. Callers check cpu_has_avx512() first.
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -12,9 +12,6 @@ namespace fused_rnn {
 namespace cpu {
 namespace {
 
-// K is walked in blocks of this many rows of the panel, so that the panel's slice (up to
-// 128 x 64 floats = 32 KiB) stays in L1 while every row block of A streams past it.
-constexpr int64_t kBlockK = 128;
 // Rows of A per register tile: 6 rows x 4 vectors = 24 accumulators of the 32 zmm registers.
 constexpr int kTileRows = 6;
 
@@ -44,37 +41,34 @@ void tile(const float* a, int64_t lda_r, int64_t lda_k, const float* panel, int6
 
 template <int NV>
 void panel_rows(const float* a, int64_t lda_r, int64_t lda_k, int64_t rows, const float* panel,
-                int64_t K, float* const* c_chunk, int64_t ldc, bool accumulate) {
-  for (int64_t k0 = 0; k0 < K; k0 += kBlockK) {
-    const int64_t k1 = k0 + kBlockK < K ? k0 + kBlockK : K;
-    const bool acc = accumulate || k0 > 0;
-    for (int64_t r0 = 0; r0 < rows; r0 += kTileRows) {
-      float* c_rows[NV];
-      for (int v = 0; v < NV; ++v) c_rows[v] = c_chunk[v] + r0 * ldc;
-      const float* a_rows = a + r0 * lda_r;
-      switch (rows - r0 < kTileRows ? rows - r0 : kTileRows) {
-        case 1: tile<1, NV>(a_rows, lda_r, lda_k, panel, k0, k1, c_rows, ldc, acc); break;
-        case 2: tile<2, NV>(a_rows, lda_r, lda_k, panel, k0, k1, c_rows, ldc, acc); break;
-        case 3: tile<3, NV>(a_rows, lda_r, lda_k, panel, k0, k1, c_rows, ldc, acc); break;
-        case 4: tile<4, NV>(a_rows, lda_r, lda_k, panel, k0, k1, c_rows, ldc, acc); break;
-        case 5: tile<5, NV>(a_rows, lda_r, lda_k, panel, k0, k1, c_rows, ldc, acc); break;
-        default: tile<6, NV>(a_rows, lda_r, lda_k, panel, k0, k1, c_rows, ldc, acc); break;
-      }
+                int64_t k0, int64_t k1, float* const* c_chunk, int64_t ldc, bool accumulate) {
+  for (int64_t r0 = 0; r0 < rows; r0 += kTileRows) {
+    float* c_rows[NV];
+    for (int v = 0; v < NV; ++v) c_rows[v] = c_chunk[v] + r0 * ldc;
+    const float* a_rows = a + r0 * lda_r;
+    switch (rows - r0 < kTileRows ? rows - r0 : kTileRows) {
+      case 1: tile<1, NV>(a_rows, lda_r, lda_k, panel, k0, k1, c_rows, ldc, accumulate); break;
+      case 2: tile<2, NV>(a_rows, lda_r, lda_k, panel, k0, k1, c_rows, ldc, accumulate); break;
+      case 3: tile<3, NV>(a_rows, lda_r, lda_k, panel, k0, k1, c_rows, ldc, accumulate); break;
+      case 4: tile<4, NV>(a_rows, lda_r, lda_k, panel, k0, k1, c_rows, ldc, accumulate); break;
+      case 5: tile<5, NV>(a_rows, lda_r, lda_k, panel, k0, k1, c_rows, ldc, accumulate); break;
+      default: tile<6, NV>(a_rows, lda_r, lda_k, panel, k0, k1, c_rows, ldc, accumulate); break;
     }
   }
 }
 
 }  // namespace
 
-// One panel of `chunks` (1..4) vectors: c_chunk[v] is where output row 0 of chunk v lives.
-void packed_panel_avx512(const float* a, int64_t lda_r, int64_t lda_k, int64_t rows,
-                         const float* panel, int64_t K, int64_t chunks, float* const* c_chunk,
-                         int64_t ldc, bool accumulate) {
+// Rows [0, rows) of A times rows [k0, k1) of one panel of `chunks` (1..4) vectors; c_chunk[v] is
+// where output row 0 of chunk v lives. The caller walks K in blocks (kBlockK in packed_gemm.h).
+void panel_block_avx512(const float* a, int64_t lda_r, int64_t lda_k, int64_t rows,
+                        const float* panel, int64_t k0, int64_t k1, int64_t chunks,
+                        float* const* c_chunk, int64_t ldc, bool accumulate) {
   switch (chunks) {
-    case 1: return panel_rows<1>(a, lda_r, lda_k, rows, panel, K, c_chunk, ldc, accumulate);
-    case 2: return panel_rows<2>(a, lda_r, lda_k, rows, panel, K, c_chunk, ldc, accumulate);
-    case 3: return panel_rows<3>(a, lda_r, lda_k, rows, panel, K, c_chunk, ldc, accumulate);
-    default: return panel_rows<4>(a, lda_r, lda_k, rows, panel, K, c_chunk, ldc, accumulate);
+    case 1: return panel_rows<1>(a, lda_r, lda_k, rows, panel, k0, k1, c_chunk, ldc, accumulate);
+    case 2: return panel_rows<2>(a, lda_r, lda_k, rows, panel, k0, k1, c_chunk, ldc, accumulate);
+    case 3: return panel_rows<3>(a, lda_r, lda_k, rows, panel, k0, k1, c_chunk, ldc, accumulate);
+    default: return panel_rows<4>(a, lda_r, lda_k, rows, panel, k0, k1, c_chunk, ldc, accumulate);
   }
 }
 

@@ -4,6 +4,7 @@
 
 #include "fused_rnn/cell_steps.h"
 #include "fused_rnn/launch.h"
+#include "gemm.h"
 #include "recurrent_loop.h"
 #include "sequence_ops.h"
 
@@ -73,7 +74,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> elman_backward(
     });
   });
   const Tensor h_prev = dropout.apply(previous_states(y, h0, lengths, reverse));  // [T, B, H]
-  const Tensor grad_w_hh = d_a.view({T * B, H}).t().mm(h_prev.reshape({T * B, H}));
+  const Tensor grad_w_hh = weight_gradient(d_a.view({T * B, H}), h_prev.reshape({T * B, H}));
   return {d_a, dh, grad_w_hh, d_a.sum(at::IntArrayRef{0, 1})};
 }
 

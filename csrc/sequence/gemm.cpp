@@ -2,7 +2,9 @@
 
 #include <c10/util/Exception.h>
 
+#include "../cpu/packed_gemm.h"
 #include "common.h"
+#include "fused_rnn/launch.h"
 
 namespace fused_rnn {
 namespace {
@@ -28,7 +30,39 @@ void gemm(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool 
   }
 }
 
+// Whether linear() runs the packed CPU GEMM for x [M, K] · wᵀ, w [N, K]: below about a million
+// multiply-adds packing w costs more than MKL's speed loses.
+bool use_packed_gemm(const at::Tensor& x, const at::Tensor& w) {
+#ifdef FUSED_RNN_CPU_AVX2
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  return x.is_cpu() && x.scalar_type() == at::kFloat && N % cpu::kChunk == 0 &&
+         M * K * N >= (int64_t{1} << 20) && cpu_has_avx512();
+#else
+  return false;
+#endif
+}
+
 }  // namespace
+
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b) {
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1),
+              "fused_rnn.linear: x must be [M, K] and w [N, K], got x ", shape_string(x.sizes()),
+              " and w ", shape_string(w.sizes()));
+  TORCH_CHECK(x.scalar_type() == w.scalar_type() && x.device() == w.device(),
+              "fused_rnn.linear: w must have x's dtype and device");
+  if (b.has_value()) {
+    TORCH_CHECK(b->dim() == 1 && b->size(0) == w.size(0) && b->scalar_type() == x.scalar_type() &&
+                    b->device() == x.device(),
+                "fused_rnn.linear: b must be [", w.size(0), "] with x's dtype and device, got ",
+                shape_string(b->sizes()));
+  }
+  if (!use_packed_gemm(x, w)) return b.has_value() ? at::addmm(*b, x, w.t()) : at::mm(x, w.t());
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  at::Tensor out = b.has_value() ? b->expand({M, N}).contiguous() : at::empty({M, N}, x.options());
+  cpu::gemm(x.data_ptr<float>(), x.stride(0), x.stride(1), w.data_ptr<float>(), w.stride(1),
+            w.stride(0), out.data_ptr<float>(), N, M, K, N, /*accumulate=*/b.has_value());
+  return out;
+}
 
 void gemm_abt(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
   gemm(out, a, b, /*b_transposed=*/true, accumulate);

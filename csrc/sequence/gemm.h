@@ -15,4 +15,16 @@ namespace fused_rnn {
 void gemm_abt(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate);
 void gemm_ab(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate);
 
+// The large products outside the time loops (input projection, its gradients, the weight
+// gradients): x [M, K] · wᵀ (+ b), w [N, K], b [N]; any strides (transposed views included).
+// Float on a CPU with AVX-512 runs the packed GEMM on all threads (csrc/cpu/packed_gemm.h):
+// MKL runs its AVX2 code on AMD CPUs, at half the speed. Everything else: at::addmm / at::mm.
+// Also the op fused_rnn::linear (autograd in fused_rnn/_ops.py).
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b);
+
+// The gradient of a weight summed over all rows: d_pre [R, N]ᵀ · inputs [R, K] -> [N, K].
+inline at::Tensor weight_gradient(const at::Tensor& d_pre, const at::Tensor& inputs) {
+  return fused_rnn::linear(d_pre.t(), inputs.t(), c10::nullopt);
+}
+
 }  // namespace fused_rnn

@@ -132,7 +132,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
         step_t.d_hh = at_t(d_hh, t, 3 * H);
         return step_t;
       });
-      grad_w_hh = d_hh.view({T * B, 3 * H}).t().mm(dropout.apply(h_prev).view({T * B, H}));
+      grad_w_hh = weight_gradient(d_hh.view({T * B, 3 * H}), dropout.apply(h_prev).view({T * B, H}));
       grad_b_hh = d_hh.sum(at::IntArrayRef{0, 1});
       return;
     }
@@ -168,8 +168,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
     }
     // W_h{r,z} saw h_{t-1} (⊙ mask); W_hn saw r h_{t-1} (⊙ mask).
     const Tensor rh_all = gates.narrow(2, 0, H) * hd_prev;  // [T, B, H]
-    grad_w_hh = at::cat({d_x.narrow(2, 0, 2 * H).reshape({T * B, 2 * H}).t().mm(hd_prev.view({T * B, H})),
-                         d_x.narrow(2, 2 * H, H).reshape({T * B, H}).t().mm(rh_all.view({T * B, H}))},
+    grad_w_hh = at::cat({weight_gradient(d_x.narrow(2, 0, 2 * H).reshape({T * B, 2 * H}), hd_prev.view({T * B, H})),
+                         weight_gradient(d_x.narrow(2, 2 * H, H).reshape({T * B, H}), rh_all.view({T * B, H}))},
                         0);
     grad_b_hh = d_x.sum(at::IntArrayRef{0, 1});
   });

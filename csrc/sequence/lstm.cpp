@@ -169,7 +169,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
 
   const Tensor h_prev = dropout.apply(previous_states(y, h0, lengths, reverse));  // [T, B, P]
   const Tensor d_flat = d_gates.view({T * B, 4 * H});
-  const Tensor grad_w_hh = d_flat.t().mm(h_prev.reshape({T * B, P}));
+  const Tensor grad_w_hh = weight_gradient(d_flat, h_prev.reshape({T * B, P}));
   const Tensor grad_b_hh = d_gates.sum(at::IntArrayRef{0, 1});
   Tensor grad_w_ch = absent(gates);
   if (w_ch_in.has_value()) {
@@ -184,7 +184,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   Tensor grad_w_hr = absent(gates);
   if (project) {
     const Tensor m_all = (gates.narrow(2, 3 * H, H).to(c_type) * c_all.tanh()).to(gates.scalar_type());
-    grad_w_hr = dh_valid.view({T * B, P}).t().mm(m_all.view({T * B, H}));
+    grad_w_hr = weight_gradient(dh_valid.view({T * B, P}), m_all.view({T * B, H}));
   }
   return {d_gates, dh, dc.to(gates.scalar_type()), grad_w_hh, grad_b_hh, grad_w_ch, grad_w_hr};
 }

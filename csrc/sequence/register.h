@@ -3,6 +3,7 @@
 
 #include <torch/library.h>
 
+#include "gemm.h"
 #include "sequence_ops.h"
 
 namespace fused_rnn {
@@ -14,6 +15,7 @@ inline void register_sequence_ops(torch::Library& m) {
   m.impl("lstm_backward", &lstm_backward);
   m.impl("gru_forward", &gru_forward);
   m.impl("gru_backward", &gru_backward);
+  m.impl("linear", &linear);
 }
 
 }  // namespace fused_rnn

@@ -1,0 +1,59 @@
+"""fused_rnn::linear, the input projection (and the weight gradients inside the backward ops):
+on a CPU with AVX-512, float32 products of a million multiply-adds or more run the packed GEMM
+(csrc/cpu/packed_gemm.h) on all threads. Checked against float64 torch, with strided operands."""
+import pytest
+import torch
+
+from fused_rnn import _ops
+
+
+@pytest.fixture(params=[1, 2], ids=lambda n: f"{n}threads")
+def threads(request):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def operand(rows, cols, transposed):
+    """A (rows, cols) float32 matrix, or the transposed view of a (cols, rows) one."""
+    t = torch.randn(cols, rows).t() if transposed else torch.randn(rows, cols)
+    return t.requires_grad_()
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("x_t,w_t", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("m,k,n", [(203, 77, 96), (64, 300, 160), (1000, 16, 512)])
+def test_matches_torch(m, k, n, x_t, w_t, bias, threads):
+    torch.manual_seed(0)
+    x, w = operand(m, k, x_t), operand(n, k, w_t)
+    b = torch.randn(n, requires_grad=True) if bias else None
+    out = _ops.linear(x, w, b)
+    x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    b64 = b.detach().double().requires_grad_() if bias else None
+    expected = torch.nn.functional.linear(x64, w64, b64)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-4)
+    grad = torch.randn(m, n)
+    inputs, inputs64 = [x, w] + ([b] if bias else []), [x64, w64] + ([b64] if bias else [])
+    got = torch.autograd.grad(out, inputs, grad)
+    want = torch.autograd.grad(expected, inputs64, grad.double())
+    for g, e in zip(got, want):
+        torch.testing.assert_close(g.double(), e, rtol=1e-5, atol=1e-3)
+
+
+def test_small_and_odd_shapes_fall_back():
+    """Below the threshold, or with N not a multiple of 16, ATen does the product."""
+    x, w = torch.randn(5, 3), torch.randn(7, 3)
+    torch.testing.assert_close(_ops.linear(x, w, None), x @ w.t())
+
+
+def test_bad_input_names_the_argument():
+    with pytest.raises(RuntimeError, match="x must be"):
+        _ops.linear(torch.randn(4, 3), torch.randn(5, 2), None)
+    with pytest.raises(RuntimeError, match="b must be"):
+        _ops.linear(torch.randn(4, 3), torch.randn(5, 3), torch.randn(4))
+
+
+def test_opcheck():
+    torch.library.opcheck(torch.ops.fused_rnn.linear,
+                          (torch.randn(300, 70), torch.randn(64, 70, requires_grad=True), torch.randn(64)))
