@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "cpu/buffer_pool.h"
 #include "fused_rnn/launch.h"
 
 #ifdef FUSED_RNN_WITH_CUDA
@@ -63,4 +64,8 @@ pybind11::dict build_info() {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fused_rnn's compiled kernels (ops under torch.ops.fused_rnn)";
   m.def("build_info", &build_info, "What this build of fused_rnn's kernels was compiled with");
+  m.def("release_cpu_buffers", &fused_rnn::cpu::release_pooled_buffers,
+        "Frees the host memory kept for reuse by the CPU ops; returns the bytes freed");
+  m.def("cpu_buffer_bytes", &fused_rnn::cpu::pooled_bytes,
+        "Bytes of host memory kept for reuse by the CPU ops, not in use");
 }

@@ -1,10 +1,11 @@
 """fused_rnn: fused C++/CUDA kernels for classic recurrent cells, as drop-in torch.nn modules."""
 from . import functional, reference, training
-from ._build_info import build_info
+from ._build_info import build_info, release_cpu_buffers
 from .cells import GRUCell, LSTMCell, PeepholeLSTMCell, RNNCell
 from .modules import GRU, LSTM, RNN, PeepholeLSTM
 
 __version__ = "0.1.0"
 
 __all__ = ["RNN", "LSTM", "GRU", "PeepholeLSTM", "RNNCell", "LSTMCell", "GRUCell", "PeepholeLSTMCell",
-           "functional", "reference", "training", "build_info", "__version__"]
+           "functional", "reference", "training", "build_info", "release_cpu_buffers",
+           "__version__"]

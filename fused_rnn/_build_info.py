@@ -23,3 +23,15 @@ def build_info() -> Dict[str, Any]:
         version = int(info["cuda_version"])
         info["cuda_version"] = f"{version // 1000}.{version % 1000 // 10}"
     return info
+
+
+def release_cpu_buffers() -> int:
+    """Frees the host memory the CPU ops keep for reuse and returns how many bytes that was.
+
+    Large CPU buffers (inputs' projections, saved activations, their gradients) are kept when
+    freed and handed to the next call of a similar size, so that a training loop does not
+    page-fault tens of megabytes in again every step (as a CUDA caching allocator does). Call
+    this to give that memory back, e.g. after training. Returns 0 without compiled kernels."""
+    from . import _ops
+
+    return 0 if _ops.LOAD_ERROR is not None else int(_ops._C.release_cpu_buffers())

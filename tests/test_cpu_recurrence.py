@@ -59,3 +59,25 @@ def test_threads_agree(cell):
         torch.set_num_threads(before)
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_reused_buffers_never_alias_live_tensors():
+    """Large CPU buffers are kept for reuse when freed (cpu/buffer_pool.h): a tensor still alive
+    must keep its values while later calls run, later calls must still be right, and
+    release_cpu_buffers() frees what is kept."""
+    torch.manual_seed(6)
+    lstm = fused_rnn.LSTM(64, 128)  # y: 2 MiB, saved gates: 8 MiB per call
+    oracle = torch.nn.LSTM(64, 128)
+    oracle.load_state_dict(lstm.state_dict())
+    x1 = torch.randn(64, 64, 64)
+    y1, _ = lstm(x1)
+    kept = y1.detach().clone()
+    for _ in range(3):
+        x2 = torch.randn(64, 64, 64)
+        y2, _ = lstm(x2)
+        y2.sum().backward()
+        torch.testing.assert_close(y2, oracle(x2)[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(y1.detach(), kept, rtol=0, atol=0)
+    del y1, y2
+    assert fused_rnn.release_cpu_buffers() > 0
+    assert fused_rnn.release_cpu_buffers() == 0

@@ -17,7 +17,8 @@ namespace cpu {
 // packed_gemm_avx512.cpp
 void panel_block_avx512(const float* a, int64_t lda_r, int64_t lda_k, int64_t rows,
                         const float* panel, int64_t k0, int64_t k1, int64_t chunks,
-                        float* const* c_chunk, int64_t ldc, bool accumulate);
+                        float* const* c_chunk, int64_t ldc, bool accumulate,
+                        const float* const* bias_chunk);
 #endif
 
 void PackedMatrix::FreeAligned::operator()(float* p) const { std::free(p); }
@@ -55,13 +56,19 @@ PackedMatrix::PackedMatrix(const float* src, int64_t stride_k, int64_t stride_n,
 namespace {
 
 #if defined(__x86_64__) && defined(__GNUC__)
-// Rows [0, rows) of A times rows [k0, k1) of panel p of b, into C.
+// Rows [0, rows) of A times rows [k0, k1) of panel p of b, into C (starting from `bias` [N]
+// when given and not accumulating).
 void panel_block(const float* a, int64_t lda_r, int64_t lda_k, int64_t rows, const PackedMatrix& b,
-                 int64_t p, int64_t k0, int64_t k1, float* c, int64_t ldc, bool accumulate) {
+                 int64_t p, int64_t k0, int64_t k1, float* c, int64_t ldc, bool accumulate,
+                 const float* bias = nullptr) {
   float* c_chunk[kMaxChunksPerPanel];
-  for (int64_t v = 0; v < b.chunks(p); ++v) c_chunk[v] = c + b.chunk_col(p, v);
+  const float* bias_chunk[kMaxChunksPerPanel];
+  for (int64_t v = 0; v < b.chunks(p); ++v) {
+    c_chunk[v] = c + b.chunk_col(p, v);
+    bias_chunk[v] = bias ? bias + b.chunk_col(p, v) : nullptr;
+  }
   panel_block_avx512(a, lda_r, lda_k, rows, b.panel_data(p), k0, k1, b.chunks(p), c_chunk, ldc,
-                     accumulate);
+                     accumulate, bias ? bias_chunk : nullptr);
 }
 #endif
 
@@ -83,14 +90,17 @@ void packed_gemm(const float* a, int64_t lda_r, int64_t lda_k, int64_t rows, con
 }
 
 void gemm(const float* a, int64_t lda_r, int64_t lda_k, const float* b, int64_t ldb_k,
-          int64_t ldb_n, float* c, int64_t ldc, int64_t M, int64_t K, int64_t N, bool accumulate) {
+          int64_t ldb_n, float* c, int64_t ldc, int64_t M, int64_t K, int64_t N, bool accumulate,
+          const float* bias) {
 #if defined(__x86_64__) && defined(__GNUC__)
   TORCH_INTERNAL_ASSERT(cpu_has_avx512() && N % kChunk == 0,
                         "fused_rnn: cpu::gemm needs AVX-512 and N % 16 == 0");
   if (M == 0 || N == 0) return;
   if (K == 0) {
     if (!accumulate) {
-      for (int64_t r = 0; r < M; ++r) std::fill(c + r * ldc, c + r * ldc + N, 0.f);
+      for (int64_t r = 0; r < M; ++r) {
+        for (int64_t n = 0; n < N; ++n) c[r * ldc + n] = bias ? bias[n] : 0.f;
+      }
     }
     return;
   }
@@ -111,7 +121,7 @@ void gemm(const float* a, int64_t lda_r, int64_t lda_k, const float* b, int64_t 
         const int64_t k1 = std::min(k0 + kBlockK, K);
         for (int64_t p = 0; p < packed.panels(); ++p) {
           panel_block(a + r0 * lda_r, lda_r, lda_k, rows, packed, p, k0, k1, c + r0 * ldc, ldc,
-                      accumulate || k0 > 0);
+                      accumulate || k0 > 0, bias);
         }
       }
     }

@@ -61,10 +61,11 @@ void packed_gemm(const float* a, int64_t lda_r, int64_t lda_k, int64_t rows, con
 // A whole GEMM on all threads, for the large products outside the time loop (input
 // projection, weight gradients): C [M, N] (+)= A [M, K] · B [K, N] with
 //   A(r, k) = a[r * lda_r + k * lda_k], B(k, n) = b[k * ldb_k + n * ldb_n], C row r at c + r * ldc.
-// Packs B, then splits the rows of C between the threads. Requires N % 16 == 0 and
-// cpu_has_avx512().
+// Without accumulate, C starts from the row vector bias [N] when given (else 0). Packs B, then
+// splits the rows of C between the threads. Requires N % 16 == 0 and cpu_has_avx512().
 void gemm(const float* a, int64_t lda_r, int64_t lda_k, const float* b, int64_t ldb_k,
-          int64_t ldb_n, float* c, int64_t ldc, int64_t M, int64_t K, int64_t N, bool accumulate);
+          int64_t ldb_n, float* c, int64_t ldc, int64_t M, int64_t K, int64_t N, bool accumulate,
+          const float* bias = nullptr);
 
 }  // namespace cpu
 }  // namespace fused_rnn

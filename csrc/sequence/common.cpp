@@ -1,8 +1,9 @@
 #include "common.h"
 
-#include "gemm.h"
-
 #include <c10/util/Exception.h>
+
+#include "../cpu/buffer_pool.h"
+#include "gemm.h"
 
 namespace fused_rnn {
 
@@ -62,12 +63,20 @@ int64_t check_sequence_args(const Tensor& x_proj, const Tensor& h0, const Tensor
   return H;
 }
 
+Tensor sequence_buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return options.device().is_cpu() ? cpu::pooled_empty(sizes, options) : at::empty(sizes, options);
+}
+
 Tensor previous_states(const Tensor& states, const Tensor& initial, const OptTensor& lengths,
                        bool reverse) {
   const int64_t T = states.size(0);
   const Tensor first = initial.unsqueeze(0);
-  if (!reverse) return at::cat({first, states.narrow(0, 0, T - 1)}, 0);
-  Tensor prev = at::cat({states.narrow(0, 1, T - 1), first}, 0);
+  Tensor prev = sequence_buffer(states.sizes(), states.options());  // [T, B, X]
+  if (T == 0) return prev;
+  // forward: [initial, states[0 : T-1]]; reverse: [states[1 : T], initial]
+  prev.narrow(0, reverse ? T - 1 : 0, 1).copy_(first);
+  prev.narrow(0, reverse ? 0 : 1, T - 1).copy_(states.narrow(0, reverse ? 1 : 0, T - 1));
+  if (!reverse) return prev;
   if (lengths.has_value()) {
     // Sequence b starts (in reverse) at t = lengths[b]-1, from the initial state.
     const Tensor next_t = at::arange(1, T + 1, lengths->options()).unsqueeze(1);  // [T, 1]

@@ -77,6 +77,9 @@ class StateDropout {
   Tensor grad_;     // [B, P] d_pre · w, before the mask
 };
 
+// A sequence-sized buffer (at::empty; on the CPU, large ones are reused: cpu/buffer_pool.h).
+Tensor sequence_buffer(at::IntArrayRef sizes, const at::TensorOptions& options);
+
 // Empty placeholder returned for outputs that do not apply (inference, no peepholes, ...).
 inline Tensor absent(const Tensor& like) { return at::empty({0}, like.options()); }
 

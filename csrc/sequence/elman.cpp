@@ -23,7 +23,7 @@ std::tuple<Tensor, Tensor> elman_forward(const Tensor& x_proj_in, const Tensor& 
   Tensor hh = at::empty({B, H}, x_proj.options());  // [B, H] W_hh h
   Tensor bias;                                     // keeps b_hh's contiguous copy alive
   StateDropout dropout(state_mask, h);
-  Tensor y = at::empty({T, B, H}, x_proj.options());
+  Tensor y = sequence_buffer({T, B, H}, x_proj.options());  // [T, B, H]
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_proj.scalar_type(), "elman_forward", [&] {
     ElmanForwardStep<scalar_t> step;
@@ -56,7 +56,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> elman_backward(
   const Tensor grad_y = grad_y_in.contiguous();  // [T, B, H]
   const Tensor w = w_hh.contiguous();            // [H, H]
   Tensor dh = grad_h_n.contiguous().clone();     // [B, H] gradient carried to the previous step
-  Tensor d_a = at::empty({T, B, H}, y.options());  // [T, B, H] d pre-activations
+  Tensor d_a = sequence_buffer({T, B, H}, y.options());  // [T, B, H] d pre-activations
   StateDropout dropout(state_mask, dh);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "elman_backward", [&] {

@@ -58,9 +58,11 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<
   }
   if (!use_packed_gemm(x, w)) return b.has_value() ? at::addmm(*b, x, w.t()) : at::mm(x, w.t());
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
-  at::Tensor out = b.has_value() ? b->expand({M, N}).contiguous() : at::empty({M, N}, x.options());
+  at::Tensor out = sequence_buffer({M, N}, x.options());
+  const at::Tensor bias = b.has_value() ? b->contiguous() : at::Tensor();
   cpu::gemm(x.data_ptr<float>(), x.stride(0), x.stride(1), w.data_ptr<float>(), w.stride(1),
-            w.stride(0), out.data_ptr<float>(), N, M, K, N, /*accumulate=*/b.has_value());
+            w.stride(0), out.data_ptr<float>(), N, M, K, N, /*accumulate=*/false,
+            bias.defined() ? bias.data_ptr<float>() : nullptr);
   return out;
 }
 

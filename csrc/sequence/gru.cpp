@@ -26,11 +26,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& x_proj_in, 
   Tensor bias;                           // keeps b_hh's contiguous copy alive
   Tensor h = h0.contiguous().clone();    // [B, H] state
   StateDropout dropout(state_mask, h);
-  Tensor y = at::empty({T, B, H}, opts);  // [T, B, H]
+  Tensor y = sequence_buffer({T, B, H}, opts);  // [T, B, H]
   // reset_before always needs r, z within the step, so it keeps gates even in inference.
   const bool keep_gates = training || !reset_after;
-  Tensor gates = keep_gates ? at::empty({training ? T : 1, B, 3 * H}, opts) : absent(x_proj);
-  Tensor hh_n_all = training && reset_after ? at::empty({T, B, H}, opts) : absent(x_proj);
+  Tensor gates =  // [T, B, 3H] (inference: [1, B, 3H])
+      keep_gates ? sequence_buffer({training ? T : 1, B, 3 * H}, opts) : absent(x_proj);
+  Tensor hh_n_all =  // [T, B, H]
+      training && reset_after ? sequence_buffer({T, B, H}, opts) : absent(x_proj);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_proj.scalar_type(), "gru_forward", [&] {
     const scalar_t* b_hh_data = optional_data<scalar_t>(b_hh, bias);
@@ -108,7 +110,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
   const Tensor w = w_hh.contiguous();            // [3H, H]
   Tensor dh = grad_h_n.contiguous().clone();     // [B, H] carried to the previous step
   StateDropout dropout(state_mask, dh);
-  Tensor d_x = at::empty({T, B, 3 * H}, opts);   // [T, B, 3H] d x_proj
+  Tensor d_x = sequence_buffer({T, B, 3 * H}, opts);  // [T, B, 3H] d x_proj
   Tensor grad_w_hh, grad_b_hh;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gates.scalar_type(), "gru_backward", [&] {
@@ -117,7 +119,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
     };
     if (reset_after) {
       const Tensor hh_n = hh_n_in.contiguous();    // [T, B, H]
-      Tensor d_hh = at::empty({T, B, 3 * H}, opts);  // [T, B, 3H] d (W_hh h + b_hh)
+      Tensor d_hh = sequence_buffer({T, B, 3 * H}, opts);  // [T, B, 3H] d (W_hh h + b_hh)
       GruBackwardStep<scalar_t> step;
       step.H = H;
       step.dh = dh.data_ptr<scalar_t>();

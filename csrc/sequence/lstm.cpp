@@ -50,11 +50,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   Tensor bias, peepholes;                        // keep b_hh's and w_ch's contiguous copies alive
   Tensor h = h0.contiguous().clone();                                   // [B, P] state
   Tensor c = c0.to(c_opts.dtype()).contiguous().clone();               // [B, H] cell state
-  Tensor hh = at::empty({B, 4 * H}, opts);                              // [B, 4H] W_hh h
+  Tensor hh = at::empty({B, 4 * H}, opts);                        // [B, 4H] W_hh h
   StateDropout dropout(state_mask, h);
-  Tensor y = at::empty({T, B, P}, opts);                                // [T, B, P]
-  Tensor gates = training ? at::empty({T, B, 4 * H}, opts) : absent(x_proj);   // [T, B, 4H]
-  Tensor c_all = training ? at::empty({T, B, H}, c_opts) : absent(c);          // [T, B, H]
+  Tensor y = sequence_buffer({T, B, P}, opts);                    // [T, B, P]
+  Tensor gates = training ? sequence_buffer({T, B, 4 * H}, opts) : absent(x_proj);  // [T, B, 4H]
+  Tensor c_all = training ? sequence_buffer({T, B, H}, c_opts) : absent(c);         // [T, B, H]
   const bool project = w_hr.has_value();
   Tensor m = project ? at::empty({B, H}, opts) : Tensor();      // [B, H] o tanh(c)
   Tensor h_new = project ? at::empty({B, P}, opts) : Tensor();  // [B, P] W_hr m
@@ -125,10 +125,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   const Tensor c_prev = previous_states(c_all, c0_acc, lengths, reverse).contiguous();  // [T, B, H]
   Tensor dh = grad_h_n.contiguous().clone();             // [B, P] carried to the previous step
   Tensor dc = grad_c_n.to(c_type).contiguous().clone();  // [B, H] carried to the previous step
-  Tensor d_gates = at::empty({T, B, 4 * H}, opts);       // [T, B, 4H] d pre-activations
+  Tensor d_gates = sequence_buffer({T, B, 4 * H}, opts);  // [T, B, 4H] d pre-activations
   StateDropout dropout(state_mask, dh);
   const bool project = w_hr.has_value();
-  Tensor dh_valid = project ? at::empty({T, B, P}, opts) : Tensor();  // [T, B, P] d h_t, valid rows
+  // [T, B, P] d h_t on valid rows
+  Tensor dh_valid = project ? sequence_buffer({T, B, P}, opts) : Tensor();
   Tensor dm = project ? at::empty({B, H}, opts) : Tensor();           // [B, H] d m_t
   const Tensor w_hr_c = project ? w_hr->contiguous() : Tensor();       // [P, H]
 
