@@ -57,8 +57,11 @@ def test_threads_agree(cell):
             results.append([o.detach() for o in outs])
     finally:
         torch.set_num_threads(before)
+    # The packed recurrence gives each panel the same arithmetic whichever thread owns it; the
+    # fallback's library GEMM may split sums differently with the thread count.
+    exact = fused_rnn.build_info()["cpu_simd"] == "avx512"
     for a, b in zip(*results):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(a, b, rtol=0 if exact else 1e-5, atol=0 if exact else 1e-6)
 
 
 def test_reused_buffers_never_alias_live_tensors():
