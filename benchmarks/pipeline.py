@@ -3,11 +3,13 @@
 more GPUs also spread over the GPUs (layers split evenly), where pipelining lets layers overlap.
 
 Standalone (the suite in run.py does not call it): ``python -m benchmarks.pipeline --help``, or
-``run_pipeline_benchmark(device, repeats)`` which returns a dict. On one device pipelining can only
-cost (more, smaller GEMMs and op calls, one concatenation); ``overhead_pct`` says how much,
-relative to the unplaced module. Times are wall-clock medians of ``repeats`` calls after
-``warmup`` calls, every device synchronised around each call; the variants are timed round-robin
-(one call of each per round) so that other load on the machine skews them alike.
+``run_pipeline_benchmark(device, repeats)`` which returns a dict. On one device there is nothing to
+overlap and the module runs unchunked whatever ``pipeline_chunks`` says (fused_rnn/placement.py),
+so there the pipelined variants measure what asking for chunks costs a one-device user;
+``overhead_pct`` says how much, relative to the unplaced module. Times are wall-clock medians of
+``repeats`` calls after ``warmup`` calls, every device synchronised around each call; the variants
+are timed round-robin (one call of each per round) so that other load on the machine skews them
+alike.
 """
 from __future__ import annotations
 

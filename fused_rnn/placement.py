@@ -6,8 +6,9 @@ CPU and accelerator devices — and makes the forward move activations between t
 ``pipeline_chunks=k > 1`` the time axis is cut into ``k`` chunks and the layers run as a wavefront:
 at step ``s`` layer ``l`` processes chunk ``s - l``, so while layer ``l + 1`` works on chunk ``j``
 layer ``l`` already works on chunk ``j + 1``. CUDA work is queued asynchronously, so layers on
-different GPUs (or a CPU layer next to a GPU layer) run at the same time; on one device the run is
-merely chunked. The recurrent state is carried from chunk to chunk and each chunk gets the lengths
+different GPUs (or a CPU layer next to a GPU layer) run at the same time. When every layer is on
+one device there is nothing to overlap (the layers' work queues up on that device either way), so
+the run is not chunked at all: chunking would only cost time (more, smaller GEMMs and op calls). The recurrent state is carried from chunk to chunk and each chunk gets the lengths
 ``clamp(lengths - chunk_start, 0, chunk_len)``, so the numbers are those of the unchunked run (up to
 the rounding of the chunked GEMMs). Every chunk of every layer is still one
 ``fused_rnn.functional`` call: there is no per-step Python.
@@ -43,6 +44,10 @@ from torch import Tensor
 __all__ = ["place_layers", "chunk_bounds"]
 
 DeviceLike = Union[torch.device, str, int]
+
+# Chunk even when every layer is on one device (where it gains nothing): the tests set it, to
+# exercise the chunking on machines with a CPU only.
+_CHUNK_ON_ONE_DEVICE = False
 
 
 # --- configuration ---------------------------------------------------------------------------
@@ -234,7 +239,8 @@ def run_layers(module, x: Tensor, state: List[Tensor], lengths: Optional[Tensor]
     # Where the parameters are now (normally the recorded placement; also right after, e.g.,
     # load_state_dict(assign=True) brought tensors from elsewhere).
     devices = [_layer_device(module, layer) for layer in range(num_layers)]
-    bounds = chunk_bounds(x.size(0), module._pipeline_chunks)
+    overlap = len(set(devices)) > 1 or _CHUNK_ON_ONE_DEVICE
+    bounds = chunk_bounds(x.size(0), module._pipeline_chunks if overlap else 1)
     batch = x.size(1)
     training = module.training
 

@@ -23,6 +23,15 @@ TIGHT = dict(rtol=1e-9, atol=1e-10)
 T, B, I, H = 7, 5, 3, 4
 LENGTHS = [7, 0, 3, 4, 1]  # T, empty, ends inside a chunk and on a chunk boundary (chunks of 4+3)
 
+
+
+@pytest.fixture(autouse=True)
+def chunk_on_one_device(monkeypatch):
+    """Most tests here place every layer on the CPU: make those runs chunk anyway, so that the
+    chunking is what they test (a real placement chunks only across devices)."""
+    monkeypatch.setattr(placement, "_CHUNK_ON_ONE_DEVICE", True)
+
+
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 needs_two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="fewer than 2 CUDA devices")
 
@@ -154,6 +163,27 @@ def test_one_functional_call_per_layer_and_chunk(monkeypatch):
     # The wavefront order: step s runs layer l on chunk s - l; chunks of 3, 3, 2, 2 steps.
     assert calls[:4] == [(0, 3), (0, 3), (1, 3), (0, 2)]
     assert sorted(calls) == sorted((layer, size) for layer in range(3) for size in (3, 3, 2, 2))
+
+
+def test_one_device_runs_unchunked(monkeypatch):
+    """Layers all on one device cannot overlap, so pipeline_chunks does not chunk them: one call
+    per layer over the whole sequence (the chunks would only cost time)."""
+    monkeypatch.setattr(placement, "_CHUNK_ON_ONE_DEVICE", False)
+    plain = make("lstm")
+    module = copy.deepcopy(plain).place_layers(["cpu"] * 3, pipeline_chunks=4)
+    assert module.pipeline_chunks == 4
+    calls = []
+    original = type(module)._run
+
+    def counting(self, x, state, layer, direction, lengths, state_mask=None):
+        calls.append((layer, x.size(0)))
+        return original(self, x, state, layer, direction, lengths, state_mask)
+
+    monkeypatch.setattr(type(module), "_run", counting)
+    x = torch.randn(10, B, I, dtype=F64)
+    y = module(x)[0]
+    assert calls == [(0, 10), (1, 10), (2, 10)]
+    torch.testing.assert_close(y, plain(x)[0], **TIGHT)
 
 
 def test_chunk_bounds():
