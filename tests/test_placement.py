@@ -148,8 +148,8 @@ def test_unbatched_and_packed(name):
     assert_all_close(flat(ours), flat(theirs))
 
 
-def test_one_functional_call_per_layer_and_chunk(monkeypatch):
-    module = make("gru").place_layers(["cpu"] * 3, pipeline_chunks=4)
+def record_run_calls(monkeypatch, module):
+    """A list that fills with (layer, steps) for every functional call of the module's class."""
     calls = []
     original = type(module)._run
 
@@ -158,6 +158,12 @@ def test_one_functional_call_per_layer_and_chunk(monkeypatch):
         return original(self, x, state, layer, direction, lengths, state_mask)
 
     monkeypatch.setattr(type(module), "_run", counting)
+    return calls
+
+
+def test_one_functional_call_per_layer_and_chunk(monkeypatch):
+    module = make("gru").place_layers(["cpu"] * 3, pipeline_chunks=4)
+    calls = record_run_calls(monkeypatch, module)
     module(torch.randn(10, B, I, dtype=F64))
     assert len(calls) == 3 * 4
     # The wavefront order: step s runs layer l on chunk s - l; chunks of 3, 3, 2, 2 steps.
@@ -172,14 +178,7 @@ def test_one_device_runs_unchunked(monkeypatch):
     plain = make("lstm")
     module = copy.deepcopy(plain).place_layers(["cpu"] * 3, pipeline_chunks=4)
     assert module.pipeline_chunks == 4
-    calls = []
-    original = type(module)._run
-
-    def counting(self, x, state, layer, direction, lengths, state_mask=None):
-        calls.append((layer, x.size(0)))
-        return original(self, x, state, layer, direction, lengths, state_mask)
-
-    monkeypatch.setattr(type(module), "_run", counting)
+    calls = record_run_calls(monkeypatch, module)
     x = torch.randn(10, B, I, dtype=F64)
     y = module(x)[0]
     assert calls == [(0, 10), (1, 10), (2, 10)]
