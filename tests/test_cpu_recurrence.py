@@ -14,12 +14,9 @@ from test_ops import assert_matches_reference
 CELLS = ["rnn_tanh", "rnn_relu", "lstm", "peephole_lstm", "gru"]
 
 
-@pytest.fixture(params=[2, 3], ids=lambda n: f"{n}threads")
-def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
+# The `threads` fixture (conftest.py) runs each test with each of these thread counts.
+with_threads = pytest.mark.parametrize("threads", [2, 3], indirect=True,
+                                       ids=lambda n: f"{n}threads")
 
 
 def test_build_runs_parallel_loops():
@@ -27,6 +24,7 @@ def test_build_runs_parallel_loops():
     assert fused_rnn.build_info()["openmp"]
 
 
+@with_threads
 @pytest.mark.parametrize("shape", [(5, 7, 9, 32), (4, 13, 16, 48), (3, 1, 8, 128)], ids=str)
 @pytest.mark.parametrize("cell", CELLS)
 def test_matches_reference(cell, shape, threads):
@@ -34,6 +32,7 @@ def test_matches_reference(cell, shape, threads):
     assert_matches_reference(make_case(cell, *shape, dtype=torch.float32), torch.float32)
 
 
+@with_threads
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("cell", CELLS)
 def test_lengths_and_reverse(cell, reverse, threads):

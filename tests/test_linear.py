@@ -7,12 +7,9 @@ import torch
 from fused_rnn import _ops
 
 
-@pytest.fixture(params=[1, 2], ids=lambda n: f"{n}threads")
-def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
+# The `threads` fixture (conftest.py) runs each test with each of these thread counts.
+with_threads = pytest.mark.parametrize("threads", [1, 2], indirect=True,
+                                       ids=lambda n: f"{n}threads")
 
 
 def operand(rows, cols, transposed):
@@ -21,6 +18,7 @@ def operand(rows, cols, transposed):
     return t.requires_grad_()
 
 
+@with_threads
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("x_t,w_t", [(False, False), (True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("m,k,n", [(203, 77, 96), (64, 300, 160), (1000, 16, 512)])

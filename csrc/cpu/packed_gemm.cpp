@@ -93,28 +93,19 @@ void gemm(const float* a, int64_t lda_r, int64_t lda_k, const float* b, int64_t 
           int64_t ldb_n, float* c, int64_t ldc, int64_t M, int64_t K, int64_t N, bool accumulate,
           const float* bias) {
 #if defined(__x86_64__) && defined(__GNUC__)
-  TORCH_INTERNAL_ASSERT(cpu_has_avx512() && N % kChunk == 0,
-                        "fused_rnn: cpu::gemm needs AVX-512 and N % 16 == 0");
+  TORCH_INTERNAL_ASSERT(cpu_has_avx512() && N % kChunk == 0 && K > 0,
+                        "fused_rnn: cpu::gemm needs AVX-512, N % 16 == 0 and K > 0");
   if (M == 0 || N == 0) return;
-  if (K == 0) {
-    if (!accumulate) {
-      for (int64_t r = 0; r < M; ++r) {
-        for (int64_t n = 0; n < N; ++n) c[r * ldc + n] = bias ? bias[n] : 0.f;
-      }
-    }
-    return;
-  }
   std::vector<int64_t> chunk_cols;
   for (int64_t n = 0; n < N; n += kChunk) chunk_cols.push_back(n);
   const PackedMatrix packed(b, ldb_k, ldb_n, K, chunk_cols, kMaxChunksPerPanel);
   // Each thread owns whole rows of C, in groups of kGroupRows. A group's rows of C stay in L2
   // while all of K passes (C is read and written once per K block); within a K block the
   // group's slice of A stays in L2 while each panel's slice (in L1) meets its row tiles.
-  constexpr int64_t kGroupRows = 96;
-  constexpr int64_t kTile = 6;
-  const int64_t tiles = (M + kTile - 1) / kTile;
+  constexpr int64_t kGroupRows = 16 * kTileRows;
+  const int64_t tiles = (M + kTileRows - 1) / kTileRows;
   at::parallel_for(0, tiles, 1, [&](int64_t tile_begin, int64_t tile_end) {
-    const int64_t r_begin = tile_begin * kTile, r_end = std::min(tile_end * kTile, M);
+    const int64_t r_begin = tile_begin * kTileRows, r_end = std::min(tile_end * kTileRows, M);
     for (int64_t r0 = r_begin; r0 < r_end; r0 += kGroupRows) {
       const int64_t rows = std::min(kGroupRows, r_end - r0);
       for (int64_t k0 = 0; k0 < K; k0 += kBlockK) {

@@ -15,14 +15,10 @@
 #include <memory>
 #include <vector>
 
+#include "packed_layout.h"
+
 namespace fused_rnn {
 namespace cpu {
-
-constexpr int64_t kChunk = 16;            // columns per chunk (floats per AVX-512 vector)
-constexpr int64_t kMaxChunksPerPanel = 4;
-// K is walked in blocks of this many rows of a panel, so that the panel's slice (up to
-// 128 x 64 floats = 32 KiB) stays in L1 while the row tiles of A stream past it.
-constexpr int64_t kBlockK = 128;
 
 class PackedMatrix {
  public:
@@ -62,7 +58,7 @@ void packed_gemm(const float* a, int64_t lda_r, int64_t lda_k, int64_t rows, con
 // projection, weight gradients): C [M, N] (+)= A [M, K] · B [K, N] with
 //   A(r, k) = a[r * lda_r + k * lda_k], B(k, n) = b[k * ldb_k + n * ldb_n], C row r at c + r * ldc.
 // Without accumulate, C starts from the row vector bias [N] when given (else 0). Packs B, then
-// splits the rows of C between the threads. Requires N % 16 == 0 and cpu_has_avx512().
+// splits the rows of C between the threads. Requires N % 16 == 0, K > 0 and cpu_has_avx512().
 void gemm(const float* a, int64_t lda_r, int64_t lda_k, const float* b, int64_t ldb_k,
           int64_t ldb_n, float* c, int64_t ldc, int64_t M, int64_t K, int64_t N, bool accumulate,
           const float* bias = nullptr);

@@ -9,12 +9,11 @@
 
 #include <cstdint>
 
+#include "packed_layout.h"
+
 namespace fused_rnn {
 namespace cpu {
 namespace {
-
-// Rows of A per register tile: 6 rows x 4 vectors = 24 accumulators of the 32 zmm registers.
-constexpr int kTileRows = 6;
 
 struct Tile {
   const float* a;                // A row 0 of the tile; A(r, k) = a[r * lda_r + k * lda_k]

@@ -4,20 +4,6 @@
 // AVX2 can be shared with (and picked by the linker for) the baseline build.
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC target("avx2,fma,f16c")
-// The pragma enables the instructions but, unlike -mavx2, does not define the feature macros
-// that SLEEF's and ATen's headers test; this file is AVX2 code, so it says so itself.
-#ifndef __AVX__
-#define __AVX__ 1
-#endif
-#ifndef __AVX2__
-#define __AVX2__ 1
-#endif
-#ifndef __FMA__
-#define __FMA__ 1
-#endif
-#ifndef __F16C__
-#define __F16C__ 1
-#endif
 #define CPU_CAPABILITY AVX2
 #define CPU_CAPABILITY_AVX2
 #define FUSED_RNN_RUN_BLOCK run_block_avx2

@@ -4,19 +4,8 @@
 // Like steps_avx2.cpp it holds nothing but the row loops of steps_simd.h.
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")
-// The feature macros that SLEEF's and ATen's headers test (see steps_avx2.cpp).
-#ifndef __AVX__
-#define __AVX__ 1
-#endif
-#ifndef __AVX2__
-#define __AVX2__ 1
-#endif
-#ifndef __FMA__
-#define __FMA__ 1
-#endif
-#ifndef __F16C__
-#define __F16C__ 1
-#endif
+// The AVX-512 feature macros that SLEEF's and ATen's headers test (the AVX2 ones are defined by
+// steps_simd.h).
 #ifndef __AVX512F__
 #define __AVX512F__ 1
 #endif

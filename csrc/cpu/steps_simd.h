@@ -4,6 +4,23 @@
 // and defines FUSED_RNN_RUN_BLOCK, the name of the function it exports (declared in launch.h).
 // ATen puts Vectorized in a namespace named after the instruction set, and VecIO is local to
 // each file, so no two builds share a symbol.
+//
+// Both builds are at least AVX2 + FMA + F16C. Their pragmas enable the instructions but, unlike
+// -mavx2, do not define the feature macros that SLEEF's and ATen's headers test, so they are
+// defined here (the AVX-512 build adds its own).
+#ifndef __AVX__
+#define __AVX__ 1
+#endif
+#ifndef __AVX2__
+#define __AVX2__ 1
+#endif
+#ifndef __FMA__
+#define __FMA__ 1
+#endif
+#ifndef __F16C__
+#define __F16C__ 1
+#endif
+
 #include <ATen/cpu/vec/vec.h>
 
 #include "fused_rnn/cell_steps.h"
