@@ -1,7 +1,7 @@
 // The CPU's fused recurrence: a whole sequence in one parallel region. Each thread owns a fixed
 // range of W_hh's panels (packed_gemm.h) and so a fixed set of hidden units for every step: it
 // multiplies its panels, runs the pointwise step for its units (both while the data is in its
-// cache), and meets the other threads at a spin barrier twice a step, instead of forking a
+// cache), and meets the other threads at a spin barrier once a step, instead of forking a
 // thread team for every GEMM and every pointwise pass.
 #pragma once
 
@@ -70,12 +70,13 @@ class SpinBarrier {
   std::atomic<int64_t> generation_{0};
 };
 
-// Runs steps s = 0 .. steps-1: first_phase(s, p0, p1), barrier, second_phase(s, p0, p1), barrier,
-// where [p0, p1) is the calling thread's panel range (the same for every step). The phases must
-// not throw: a thread that left would leave the others waiting.
-template <class FirstPhase, class SecondPhase>
-void run_recurrence(int64_t steps, int64_t panels, const FirstPhase& first_phase,
-                    const SecondPhase& second_phase) {
+// Runs steps s = 0 .. steps-1, each as phase_a(s, p0, p1), barrier, phase_b(s, p0, p1), where
+// [p0, p1) is the calling thread's panel range (the same for every step). There is no barrier
+// after phase_b: one thread's phase_b(s) may overlap another's phase_a(s + 1), so phase_a(s + 1)
+// must neither write what any phase_b(s) reads nor read what another thread's phase_b(s) writes.
+// The phases must not throw: a thread that left would leave the others waiting.
+template <class PhaseA, class PhaseB>
+void run_recurrence(int64_t steps, int64_t panels, const PhaseA& phase_a, const PhaseB& phase_b) {
 #if AT_PARALLEL_OPENMP
   const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), panels));
 #else
@@ -90,12 +91,18 @@ void run_recurrence(int64_t steps, int64_t panels, const FirstPhase& first_phase
   at::parallel_for(0, workers, 1, [&](int64_t w0, int64_t w1) {
     const int64_t p0 = panel_of(w0), p1 = panel_of(w1), weight = w1 - w0;
     for (int64_t s = 0; s < steps; ++s) {
-      first_phase(s, p0, p1);
+      phase_a(s, p0, p1);
       barrier.arrive_and_wait(weight);
-      second_phase(s, p0, p1);
-      barrier.arrive_and_wait(weight);
+      phase_b(s, p0, p1);
     }
   });
+}
+
+// One phase a step: phase(s, p0, p1), barrier. A thread's phase(s + 1) may start as soon as every
+// thread has finished phase(s).
+template <class Phase>
+void run_recurrence(int64_t steps, int64_t panels, const Phase& phase) {
+  run_recurrence(steps, panels, phase, [](int64_t, int64_t, int64_t) {});
 }
 
 }  // namespace cpu

@@ -23,7 +23,8 @@ inline bool use_packed_recurrence(const Tensor& state, int64_t H, const StateDro
 
 // Forward over steps s = 0 .. T-1 (time t = time_at(s, T, reverse)):
 //   hh = h · W_hhᵀ, then step_at(t) over [B, H], which updates h in place.
-// h [B, P] state; w [gates*H, P]; hh [B, gates*H]; step_at(t) returns the step for time t.
+// h [B, P] state; w [gates*H, P]; hh [B, gates*H]; step_at(t) returns the step for time t, whose
+// member `h` points at h (the packed recurrence redirects it).
 template <class StepAt>
 void forward_loop(int64_t T, bool reverse, int64_t gates, const Tensor& h, const Tensor& w,
                   const Tensor& hh, StateDropout& dropout, const StepAt& step_at) {
@@ -33,17 +34,26 @@ void forward_loop(int64_t T, bool reverse, int64_t gates, const Tensor& h, const
     if (use_packed_recurrence(h, H, dropout)) {
       const cpu::PackedMatrix packed = cpu::pack_for_forward(w.data_ptr<float>(), gates, H, P);
       const int64_t units = cpu::units_per_panel(gates, /*forward=*/true);
-      const float* h_data = h.data_ptr<float>();
+      // The state alternates between h and a scratch copy: step s reads state[s % 2] (all of
+      // it, in the GEMM) and writes its own units of state[(s + 1) % 2], so no thread overwrites
+      // a state that another still multiplies, and one barrier a step suffices.
+      const Tensor scratch = sequence_buffer({B, P}, h.options());
+      float* const state[2] = {h.data_ptr<float>(), scratch.data_ptr<float>()};
       float* hh_data = hh.data_ptr<float>();
-      cpu::run_recurrence(
-          T, packed.panels(),
-          [&](int64_t, int64_t p0, int64_t p1) {
-            cpu::packed_gemm(h_data, P, 1, B, packed, p0, p1, hh_data, gates * H, false);
-          },
-          [&](int64_t s, int64_t p0, int64_t p1) {
-            run_cpu_block(step_at(time_at(s, T, reverse)), 0, B, p0 * units,
-                          std::min(p1 * units, H));
-          });
+      cpu::run_recurrence(T, packed.panels(), [&](int64_t s, int64_t p0, int64_t p1) {
+        const float* h_prev = state[s % 2];
+        float* h_next = state[(s + 1) % 2];
+        const int64_t j0 = p0 * units, j1 = std::min(p1 * units, H);
+        cpu::packed_gemm(h_prev, P, 1, B, packed, p0, p1, hh_data, gates * H, false);
+        // The step updates its units in place: masked rows keep them, and GRU reads them.
+        for (int64_t b = 0; b < B; ++b) {
+          std::copy(h_prev + b * P + j0, h_prev + b * P + j1, h_next + b * P + j0);
+        }
+        Step step = step_at(time_at(s, T, reverse));
+        step.h = h_next;
+        run_cpu_block(step, 0, B, j0, j1);
+      });
+      if (T % 2 == 1) h.copy_(scratch);
       return;
     }
   }
@@ -69,6 +79,10 @@ void backward_loop(int64_t T, bool reverse, int64_t gates, const Tensor& dh, con
       const float* d_pre_data = d_pre.data_ptr<float>();
       float* dh_data = dh.data_ptr<float>();
       auto t_of = [&](int64_t i) { return time_at(T - 1 - i, T, reverse); };
+      // A backward panel holds dh's columns of the very units whose pointwise step the same
+      // thread runs, so the GEMM of step i (which reads all of d_pre[t]) and the pointwise step
+      // i + 1 of another thread (its own columns of dh and of d_pre[t']) touch nothing in common:
+      // one barrier, between a step's pointwise pass and its GEMM, suffices.
       cpu::run_recurrence(
           T, packed.panels(),
           [&](int64_t i, int64_t p0, int64_t p1) {
