@@ -3,7 +3,8 @@
 It runs for float32 sequences whose hidden size is a multiple of 16 on CPUs with AVX-512, with
 one worker per thread; the other op tests run single-threaded on small odd sizes, so they take
 the per-step path. Here: several threads, sizes that split into several panels, row counts that
-are not multiples of the 6-row register tile, lengths and reverse, forward and backward."""
+are not multiples of the 6-row register tile, lengths and reverse, forward and backward; and the
+float SIMD steps' sigmoid and tanh against float64."""
 import pytest
 import torch
 
@@ -83,3 +84,56 @@ def test_reused_buffers_never_alias_live_tensors():
     del y1, y2
     assert fused_rnn.release_cpu_buffers() > 0
     assert fused_rnn.release_cpu_buffers() == 0
+
+
+# Pre-activations for the activation tests: dense over [-20, 20], where sigmoid and tanh change,
+# and tiny magnitudes, where tanh(x) = x must keep its relative accuracy. [B, H] with H = 64.
+def _activation_inputs():
+    tiny = torch.logspace(-30, 0, 8192, dtype=torch.float64)
+    values = torch.cat([torch.linspace(-20, 20, 2**18, dtype=torch.float64), tiny, -tiny])
+    return values.float().reshape(-1, 64)
+
+
+def _activations(cell, a):
+    """Runs one step of `cell` whose every gate's pre-activation is `a` [B, H] (w_hh = 0, so the
+    recurrent GEMM adds exactly 0); returns (sigmoid gates, tanh gates) as the kernels computed
+    them, each [B, H]."""
+    B, H = a.shape
+    ops = torch.ops.fused_rnn
+    h0 = torch.zeros(B, H)
+    if cell == "rnn_tanh":
+        y, _ = ops.elman_forward(a[None], h0, torch.zeros(H, H), None, None, None, False, False)
+        return [], [y[0]]
+    if cell == "lstm":
+        w_hh = torch.zeros(4 * H, H)
+        _, _, _, gates, _ = ops.lstm_forward(a.repeat(1, 4)[None], h0, h0, w_hh, None, None, None,
+                                             None, None, False, True)
+        i, f, g, o = gates[0].chunk(4, dim=1)
+        return [i, f, o], [g]
+    w_hh = torch.zeros(3 * H, H)
+    _, _, gates, _ = ops.gru_forward(a.repeat(1, 3)[None], h0, w_hh, None, None, None, False, True,
+                                     True)
+    r, z, n = gates[0].chunk(3, dim=1)  # n = tanh(a_n + r (W_hn h + b_hn)) = tanh(a_n)
+    return [r, z], [n]
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
+def test_activations_match_float64(cell):
+    """The float SIMD steps build sigmoid and tanh on a fast exp (cell_math.h): within 1e-6 of
+    the float64 value, relative to it, over the whole range and for tiny inputs."""
+    a = _activation_inputs()
+    sigmoids, tanhs = _activations(cell, a)
+    for actual, fn in [(s, torch.sigmoid) for s in sigmoids] + [(t, torch.tanh) for t in tanhs]:
+        expected = fn(a.double())
+        error = (actual.double() - expected).abs() / expected.abs()
+        assert error.max().item() <= 1e-6, (fn.__name__, a.flatten()[error.argmax()].item())
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
+def test_activations_of_special_values(cell):
+    """NaN stays NaN (a diverged model must not look healthy); infinities saturate."""
+    specials = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, 100.0, -100.0])
+    a = specials[:, None].expand(6, 16).contiguous()  # row b: 16 copies of specials[b]
+    sigmoids, tanhs = _activations(cell, a)
+    for actual, fn in [(s, torch.sigmoid) for s in sigmoids] + [(t, torch.tanh) for t in tanhs]:
+        torch.testing.assert_close(actual, fn(a), rtol=0, atol=0, equal_nan=True)

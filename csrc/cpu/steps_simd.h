@@ -1,7 +1,8 @@
 // The body shared by the SIMD builds of the pointwise steps (steps_avx2.cpp, steps_avx512.cpp):
-// the math of cell_math.h evaluated on at::vec::Vectorized (SLEEF exp/tanh, as ATen's own
-// kernels), one vector of a row per call. The including file first selects its instruction set
-// and defines FUSED_RNN_RUN_BLOCK, the name of the function it exports (declared in launch.h).
+// the math of cell_math.h evaluated on at::vec::Vectorized (exp and tanh: ATen's exp_u20 for
+// float, SLEEF for double), one vector of a row per call. The including file first selects its
+// instruction set and defines FUSED_RNN_RUN_BLOCK, the name of the function it exports (declared
+// in launch.h).
 // ATen puts Vectorized in a namespace named after the instruction set, and VecIO is local to
 // each file, so no two builds share a symbol.
 //
