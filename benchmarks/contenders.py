@@ -153,14 +153,23 @@ class Contender:
 
 
 class Fused(Contender):
-    name = "fused"
+    """fused_rnn with algo="auto" ("fused"), or one algorithm forced ("fused_stepwise",
+    "fused_persistent"; the persistent one is n/a for the cells it does not run)."""
+
+    def __init__(self, algo: str = "auto"):
+        self.algo = algo
+        self.name = "fused" if algo == "auto" else f"fused_{algo}"
 
     def build(self, case: Case) -> Built:
         cls = _fused_class(case)
-        module = _construct(cls, case, **case.cell.fused_kwargs)
+        if self.algo == "persistent" and case.cell.name == "gru_reset_before":
+            raise Skip("n/a", "the persistent algorithm does not run the reset_before GRU")
+        extra = {} if self.algo == "auto" else {"algo": self.algo}
+        module = _construct(cls, case, **case.cell.fused_kwargs, **extra)
         load_weights(module, case.weights)
+        suffix = "" if self.algo == "auto" else f"(algo={self.algo!r})"
         return Built(module_forward(module, case.lengths), list(module.parameters()),
-                     f"fused_rnn.{cls.__name__}", [module])
+                     f"fused_rnn.{cls.__name__}{suffix}", [module])
 
 
 class TorchNN(Contender):
@@ -255,12 +264,13 @@ class Compiled(Contender):
         return _from_sequence(case, sequence, f"torch.compile({loops.STEPS[case.cell.name].__name__}) in a Python loop")
 
 
-ORDER = ["fused", "torch.nn", "reference", "compiled"]
+ORDER = ["fused", "fused_stepwise", "fused_persistent", "torch.nn", "reference", "compiled"]
 
 
 def make_contenders(names: List[str], compile_timeout: Optional[float]) -> List[Contender]:
-    available = {"fused": Fused(), "torch.nn": TorchNN(), "reference": Reference(),
-                 "compiled": Compiled(compile_timeout)}
+    available = {"fused": Fused(), "fused_stepwise": Fused("stepwise"),
+                 "fused_persistent": Fused("persistent"), "torch.nn": TorchNN(),
+                 "reference": Reference(), "compiled": Compiled(compile_timeout)}
     unknown = [n for n in names if n not in available]
     if unknown:
         raise ValueError(f"unknown contender(s) {unknown}; known: {ORDER}")

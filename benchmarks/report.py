@@ -120,8 +120,10 @@ def format_table(results: List[Dict[str, Any]], checks: List[Dict[str, Any]], co
     show_memory = any(r.get("peak_memory_bytes") is not None for r in results)
     # The ratio columns that this run can fill: (title, how to read it off a speedups row).
     ratios = []
-    if "fused" in contenders and "torch.nn" in contenders:
-        ratios.append(("fused vs torch.nn", lambda row: row["vs_torch.nn"].get("fused")))
+    for name in ("fused", "fused_stepwise", "fused_persistent"):
+        if name in contenders and "torch.nn" in contenders:
+            ratios.append((f"{name} vs torch.nn",
+                           lambda row, name=name: row["vs_torch.nn"].get(name)))
     if "fused" in contenders and "reference" in contenders:
         ratios.append(("fused vs reference", lambda row: row["fused_vs_reference"]))
     if "fused" in contenders and "torch.nn" in contenders and show_memory:

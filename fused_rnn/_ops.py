@@ -39,28 +39,32 @@ def _zeros_if_none(grad: Optional[Tensor], like: Tensor) -> Tensor:
 
 # ------------------------------------------------------------------------------- public wrappers
 def elman(x_proj: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], lengths: Optional[Tensor],
-          state_mask: Optional[Tensor], reverse: bool, relu: bool) -> Tuple[Tensor, Tensor]:
+          state_mask: Optional[Tensor], reverse: bool, relu: bool,
+          algo: str = "auto") -> Tuple[Tensor, Tensor]:
     _require_kernels()
     return torch.ops.fused_rnn.elman_forward(x_proj, h0, w_hh, b_hh, lengths, state_mask, reverse,
-                                             relu)
+                                             relu, algo)
 
 
 def lstm(x_proj: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor],
          w_ch: Optional[Tensor], w_hr: Optional[Tensor], lengths: Optional[Tensor],
-         state_mask: Optional[Tensor], reverse: bool) -> Tuple[Tensor, Tensor, Tensor]:
+         state_mask: Optional[Tensor], reverse: bool,
+         algo: str = "auto") -> Tuple[Tensor, Tensor, Tensor]:
     _require_kernels()
     training = _needs_grad(x_proj, h0, c0, w_hh, b_hh, w_ch, w_hr)
     y, h_n, c_n, _, _ = torch.ops.fused_rnn.lstm_forward(x_proj, h0, c0, w_hh, b_hh, w_ch, w_hr,
-                                                         lengths, state_mask, reverse, training)
+                                                         lengths, state_mask, reverse, training,
+                                                         algo)
     return y, h_n, c_n
 
 
 def gru(x_proj: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], lengths: Optional[Tensor],
-        state_mask: Optional[Tensor], reverse: bool, reset_after: bool) -> Tuple[Tensor, Tensor]:
+        state_mask: Optional[Tensor], reverse: bool, reset_after: bool,
+        algo: str = "auto") -> Tuple[Tensor, Tensor]:
     _require_kernels()
     training = _needs_grad(x_proj, h0, w_hh, b_hh)
     y, h_n, _, _ = torch.ops.fused_rnn.gru_forward(x_proj, h0, w_hh, b_hh, lengths, state_mask,
-                                                   reverse, reset_after, training)
+                                                   reverse, reset_after, training, algo)
     return y, h_n
 
 
@@ -81,16 +85,17 @@ def _register_fakes() -> None:
     register = torch.library.register_fake
 
     @register("fused_rnn::elman_forward")
-    def _(x_proj, h0, w_hh, b_hh, lengths, state_mask, reverse, relu):
+    def _(x_proj, h0, w_hh, b_hh, lengths, state_mask, reverse, relu, algo="auto"):
         return x_proj.new_empty(x_proj.shape), h0.new_empty(h0.shape)
 
     @register("fused_rnn::elman_backward")
-    def _(grad_y, grad_h_n, y, h0, w_hh, lengths, state_mask, reverse, relu):
+    def _(grad_y, grad_h_n, y, h0, w_hh, lengths, state_mask, reverse, relu, algo="auto"):
         return (y.new_empty(y.shape), h0.new_empty(h0.shape), w_hh.new_empty(w_hh.shape),
                 w_hh.new_empty(w_hh.shape[0]))
 
     @register("fused_rnn::lstm_forward")
-    def _(x_proj, h0, c0, w_hh, b_hh, w_ch, w_hr, lengths, state_mask, reverse, training):
+    def _(x_proj, h0, c0, w_hh, b_hh, w_ch, w_hr, lengths, state_mask, reverse, training,
+          algo="auto"):
         steps, batch, gates = x_proj.shape
         hidden, state = gates // 4, h0.shape[1]
         saved_gates = x_proj.new_empty(x_proj.shape) if training else x_proj.new_empty(0)
@@ -101,14 +106,15 @@ def _register_fakes() -> None:
 
     @register("fused_rnn::lstm_backward")
     def _(grad_y, grad_h_n, grad_c_n, y, gates, c_all, h0, c0, w_hh, w_ch, w_hr, lengths, state_mask,
-          reverse):
+          reverse, algo="auto"):
         return (gates.new_empty(gates.shape), h0.new_empty(h0.shape), c0.new_empty(c0.shape),
                 w_hh.new_empty(w_hh.shape), w_hh.new_empty(w_hh.shape[0]),
                 w_ch.new_empty(w_ch.shape) if w_ch is not None else gates.new_empty(0),
                 w_hr.new_empty(w_hr.shape) if w_hr is not None else gates.new_empty(0))
 
     @register("fused_rnn::gru_forward")
-    def _(x_proj, h0, w_hh, b_hh, lengths, state_mask, reverse, reset_after, training):
+    def _(x_proj, h0, w_hh, b_hh, lengths, state_mask, reverse, reset_after, training,
+          algo="auto"):
         steps, batch, gates = x_proj.shape
         hidden = gates // 3
         saved_gates = x_proj.new_empty(x_proj.shape) if training else x_proj.new_empty(0)
@@ -117,7 +123,8 @@ def _register_fakes() -> None:
         return x_proj.new_empty((steps, batch, hidden)), h0.new_empty(h0.shape), saved_gates, hh_n
 
     @register("fused_rnn::gru_backward")
-    def _(grad_y, grad_h_n, y, gates, hh_n, h0, w_hh, lengths, state_mask, reverse, reset_after):
+    def _(grad_y, grad_h_n, y, gates, hh_n, h0, w_hh, lengths, state_mask, reverse, reset_after,
+          algo="auto"):
         return (gates.new_empty(gates.shape), h0.new_empty(h0.shape), w_hh.new_empty(w_hh.shape),
                 w_hh.new_empty(w_hh.shape[0]))
 
@@ -126,26 +133,34 @@ def _register_fakes() -> None:
         return x.new_empty((x.shape[0], w.shape[0]))
 
 
+def _with_algo(inputs: tuple, count: int) -> tuple:
+    """A forward op's inputs with `algo` last: callers may leave out that defaulted argument."""
+    return tuple(inputs) if len(inputs) > count else (*inputs, "auto")
+
+
 def _register_autograd() -> None:
     ops = torch.ops.fused_rnn
 
     def elman_setup(ctx, inputs, output):
-        x_proj, h0, w_hh, b_hh, lengths, state_mask, reverse, relu = inputs
+        x_proj, h0, w_hh, b_hh, lengths, state_mask, reverse, relu, algo = _with_algo(inputs, 8)
         y, _ = output
         ctx.save_for_backward(y, h0, w_hh, lengths, state_mask)
-        ctx.reverse, ctx.relu, ctx.has_bias = reverse, relu, b_hh is not None
+        ctx.reverse, ctx.relu, ctx.has_bias, ctx.algo = reverse, relu, b_hh is not None, algo
 
     def elman_backward(ctx, grad_y, grad_h_n):
         y, h0, w_hh, lengths, state_mask = ctx.saved_tensors
         gx, gh0, gw, gb = ops.elman_backward(_zeros_if_none(grad_y, y), _zeros_if_none(grad_h_n, h0),
-                                             y, h0, w_hh, lengths, state_mask, ctx.reverse, ctx.relu)
-        return gx, gh0, gw, gb if ctx.has_bias else None, None, None, None, None
+                                             y, h0, w_hh, lengths, state_mask, ctx.reverse, ctx.relu,
+                                             ctx.algo)
+        return gx, gh0, gw, gb if ctx.has_bias else None, None, None, None, None, None
 
     def lstm_setup(ctx, inputs, output):
-        x_proj, h0, c0, w_hh, b_hh, w_ch, w_hr, lengths, state_mask, reverse, training = inputs
+        (x_proj, h0, c0, w_hh, b_hh, w_ch, w_hr, lengths, state_mask, reverse, training,
+         algo) = _with_algo(inputs, 11)
         y, _, _, gates, c_all = output
         ctx.save_for_backward(y, gates, c_all, h0, c0, w_hh, w_ch, w_hr, lengths, state_mask)
         ctx.reverse, ctx.has_bias, ctx.training = reverse, b_hh is not None, training
+        ctx.algo = algo
 
     def lstm_backward(ctx, grad_y, grad_h_n, grad_c_n, _grad_gates, _grad_c_all):
         if not ctx.training:
@@ -154,15 +169,16 @@ def _register_autograd() -> None:
         y, gates, c_all, h0, c0, w_hh, w_ch, w_hr, lengths, state_mask = ctx.saved_tensors
         gx, gh0, gc0, gw, gb, gwch, gwhr = ops.lstm_backward(
             _zeros_if_none(grad_y, y), _zeros_if_none(grad_h_n, h0), _zeros_if_none(grad_c_n, c0),
-            y, gates, c_all, h0, c0, w_hh, w_ch, w_hr, lengths, state_mask, ctx.reverse)
+            y, gates, c_all, h0, c0, w_hh, w_ch, w_hr, lengths, state_mask, ctx.reverse, ctx.algo)
         return (gx, gh0, gc0, gw, gb if ctx.has_bias else None, gwch if w_ch is not None else None,
-                gwhr if w_hr is not None else None, None, None, None, None)
+                gwhr if w_hr is not None else None, None, None, None, None, None)
 
     def gru_setup(ctx, inputs, output):
-        x_proj, h0, w_hh, b_hh, lengths, state_mask, reverse, reset_after, training = inputs
+        (x_proj, h0, w_hh, b_hh, lengths, state_mask, reverse, reset_after, training,
+         algo) = _with_algo(inputs, 9)
         y, _, gates, hh_n = output
         ctx.save_for_backward(y, gates, hh_n, h0, w_hh, lengths, state_mask)
-        ctx.reverse, ctx.reset_after = reverse, reset_after
+        ctx.reverse, ctx.reset_after, ctx.algo = reverse, reset_after, algo
         ctx.has_bias, ctx.training = b_hh is not None, training
 
     def gru_backward(ctx, grad_y, grad_h_n, _grad_gates, _grad_hh_n):
@@ -172,8 +188,8 @@ def _register_autograd() -> None:
         y, gates, hh_n, h0, w_hh, lengths, state_mask = ctx.saved_tensors
         gx, gh0, gw, gb = ops.gru_backward(_zeros_if_none(grad_y, y), _zeros_if_none(grad_h_n, h0),
                                            y, gates, hh_n, h0, w_hh, lengths, state_mask,
-                                           ctx.reverse, ctx.reset_after)
-        return gx, gh0, gw, gb if ctx.has_bias else None, None, None, None, None, None
+                                           ctx.reverse, ctx.reset_after, ctx.algo)
+        return gx, gh0, gw, gb if ctx.has_bias else None, None, None, None, None, None, None
 
     def linear_setup(ctx, inputs, output):
         x, w, b = inputs

@@ -20,6 +20,13 @@ dropped. The modules' ``state_dropout`` draws it.
 ``reverse=True`` runs the sequence backwards in time, each sequence starting from its own last
 valid step ``lengths[b] - 1`` (the reverse half of a bidirectional layer).
 ``backend="reference"`` runs fused_rnn.reference instead (the readable pure-PyTorch oracle).
+``algo`` picks the fused recurrence's algorithm (docs/persistent.md):
+    "stepwise"    one recurrent GEMM and one fused pointwise kernel per time step; any shape.
+    "persistent"  the whole loop in one kernel that keeps W_hh on chip (CUDA), or in one
+                  threaded region over packed W_hh (CPU, float32, AVX-512, hidden sizes that are
+                  multiples of 16). Raises ValueError where it cannot run: LSTM projection,
+                  reset_before GRU, state dropout, a W_hh too large for the GPU's shared memory.
+    "auto"        (default) persistent where it can run and is expected to be faster.
 """
 from __future__ import annotations
 
@@ -33,11 +40,17 @@ from . import _ops, reference
 __all__ = ["rnn", "lstm", "peephole_lstm", "gru"]
 
 _BACKENDS = ("fused", "reference")
+ALGORITHMS = ("auto", "stepwise", "persistent")
 
 
 def _check_backend(backend: str) -> None:
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+
+
+def check_algo(algo: str) -> None:
+    if algo not in ALGORITHMS:
+        raise ValueError(f"algo must be one of {ALGORITHMS}, got {algo!r}")
 
 
 def _check_sequence(x: Tensor, h0: Tensor, w_ih: Tensor) -> None:
@@ -83,9 +96,10 @@ def _project_input(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor]) -> Tensor:
 def rnn(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
         b_hh: Optional[Tensor] = None, *, nonlinearity: str = "tanh", lengths: Optional[Tensor] = None,
         reverse: bool = False, state_mask: Optional[Tensor] = None,
-        backend: str = "fused") -> Tuple[Tensor, Tensor]:
+        backend: str = "fused", algo: str = "auto") -> Tuple[Tensor, Tensor]:
     """Elman RNN: h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu. Returns (y, h_n)."""
     _check_backend(backend)
+    check_algo(algo)
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
     if backend == "reference":
@@ -94,48 +108,52 @@ def rnn(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor
     _check_sequence(x, h0, w_ih)
     lengths = prepare_lengths(lengths, x.size(1), x.size(0), x.device)
     x_proj = _project_input(x, w_ih, b_ih)
-    return _ops.elman(x_proj, h0, w_hh, b_hh, lengths, state_mask, reverse, nonlinearity == "relu")
+    return _ops.elman(x_proj, h0, w_hh, b_hh, lengths, state_mask, reverse, nonlinearity == "relu",
+                      algo)
 
 
 def lstm(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
          b_hh: Optional[Tensor] = None, *, w_hr: Optional[Tensor] = None,
          lengths: Optional[Tensor] = None, reverse: bool = False,
-         state_mask: Optional[Tensor] = None, backend: str = "fused") -> Tuple[Tensor, Tensor, Tensor]:
+         state_mask: Optional[Tensor] = None, backend: str = "fused",
+         algo: str = "auto") -> Tuple[Tensor, Tensor, Tensor]:
     """LSTM (gate order i, f, g, o), optional projection w_hr. Returns (y, h_n, c_n)."""
     return peephole_lstm(x, h0, c0, w_ih, w_hh, None, b_ih, b_hh, w_hr=w_hr, lengths=lengths,
-                         reverse=reverse, state_mask=state_mask, backend=backend)
+                         reverse=reverse, state_mask=state_mask, backend=backend, algo=algo)
 
 
 def peephole_lstm(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, w_ch: Optional[Tensor],
                   b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None, *,
                   w_hr: Optional[Tensor] = None, lengths: Optional[Tensor] = None,
                   reverse: bool = False, state_mask: Optional[Tensor] = None,
-                  backend: str = "fused") -> Tuple[Tensor, Tensor, Tensor]:
+                  backend: str = "fused", algo: str = "auto") -> Tuple[Tensor, Tensor, Tensor]:
     """LSTM with diagonal peepholes w_ch = (p_i, p_f, p_o), each (H,):
     i = σ(a_i + p_i⊙c), f = σ(a_f + p_f⊙c), c' = f⊙c + i⊙g, o = σ(a_o + p_o⊙c'), h' = o⊙tanh(c').
     ``w_ch=None`` is the plain LSTM. Returns (y, h_n, c_n)."""
     _check_backend(backend)
+    check_algo(algo)
     if backend == "reference":
         return reference.peephole_lstm(x, h0, c0, w_ih, w_hh, w_ch, b_ih, b_hh, w_hr=w_hr,
                                        lengths=lengths, reverse=reverse, state_mask=state_mask)
     _check_sequence(x, h0, w_ih)
     lengths = prepare_lengths(lengths, x.size(1), x.size(0), x.device)
     x_proj = _project_input(x, w_ih, b_ih)
-    return _ops.lstm(x_proj, h0, c0, w_hh, b_hh, w_ch, w_hr, lengths, state_mask, reverse)
+    return _ops.lstm(x_proj, h0, c0, w_hh, b_hh, w_ch, w_hr, lengths, state_mask, reverse, algo)
 
 
 def gru(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
         b_hh: Optional[Tensor] = None, *, reset_after: bool = True, lengths: Optional[Tensor] = None,
         reverse: bool = False, state_mask: Optional[Tensor] = None,
-        backend: str = "fused") -> Tuple[Tensor, Tensor]:
+        backend: str = "fused", algo: str = "auto") -> Tuple[Tensor, Tensor]:
     """GRU (gate order r, z, n). reset_after=True is torch/cuDNN's
     n = tanh(W_in x + b_in + r⊙(W_hn h + b_hn)); reset_after=False is the original (TF GRUCell)
     n = tanh(W_in x + b_in + W_hn (r⊙h) + b_hn). h' = (1-z)⊙n + z⊙h. Returns (y, h_n)."""
     _check_backend(backend)
+    check_algo(algo)
     if backend == "reference":
         return reference.gru(x, h0, w_ih, w_hh, b_ih, b_hh, reset_after=reset_after,
                              lengths=lengths, reverse=reverse, state_mask=state_mask)
     _check_sequence(x, h0, w_ih)
     lengths = prepare_lengths(lengths, x.size(1), x.size(0), x.device)
     x_proj = _project_input(x, w_ih, b_ih)
-    return _ops.gru(x_proj, h0, w_hh, b_hh, lengths, state_mask, reverse, reset_after)
+    return _ops.gru(x_proj, h0, w_hh, b_hh, lengths, state_mask, reverse, reset_after, algo)

@@ -42,6 +42,8 @@ _COMMON_DOC = """
         ``output_dropout``. All are active only in ``train()`` mode.
     backend: ``"fused"`` (the compiled kernels, default) or ``"reference"`` (fused_rnn.reference,
         the readable pure-PyTorch oracle); see fused_rnn.functional.
+    algo: the fused recurrence's algorithm, ``"auto"`` (default), ``"stepwise"`` or
+        ``"persistent"``; see fused_rnn.functional and docs/persistent.md.
 
     ``forward(input, hx=None, lengths=None)`` takes what torch's forward takes, plus ``lengths``:
     a 1-D integer tensor (CPU or the input's device), one entry in [0, T] per sequence (for
@@ -80,15 +82,17 @@ class _FusedRNNBase(nn.RNNBase):
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int, bias: bool,
                  batch_first: bool, dropout: float, bidirectional: bool, proj_size: int, device,
                  dtype, input_dropout: float, output_dropout: float, state_dropout: float,
-                 backend: str) -> None:
+                 backend: str, algo: str) -> None:
         if backend not in _BACKENDS:
             raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        functional.check_algo(algo)
         super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, proj_size, device=device, dtype=dtype)
         self.input_dropout = _check_probability("input_dropout", input_dropout)
         self.output_dropout = _check_probability("output_dropout", output_dropout)
         self.state_dropout = _check_probability("state_dropout", state_dropout)
         self.backend = backend
+        self.algo = algo
 
     def flatten_parameters(self) -> None:
         """No-op: the fused kernels use the parameters where they are (no cuDNN weight buffer)."""
@@ -136,6 +140,8 @@ class _FusedRNNBase(nn.RNNBase):
             s += f", state_dropout={self.state_dropout}"
         if self.backend != "fused":
             s += f", backend={self.backend!r}"
+        if self.algo != "auto":
+            s += f", algo={self.algo!r}"
         return s + placement.describe(self)
 
     # --- per-layer weights and the one op call per layer and direction ------------------------
@@ -282,19 +288,20 @@ class RNN(_FusedRNNBase):
                  nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
                  dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None, *,
                  input_dropout: float = 0.0, output_dropout: float = 0.0,
-                 state_dropout: float = 0.0, backend: str = "fused") -> None:
+                 state_dropout: float = 0.0, backend: str = "fused", algo: str = "auto") -> None:
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
         mode = "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
         super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device, dtype, input_dropout, output_dropout,
-                         state_dropout, backend)
+                         state_dropout, backend, algo)
         self.nonlinearity = nonlinearity
 
     def _run(self, x, state, layer, direction, lengths, state_mask=None):
         return functional.rnn(x, state[0], *self._weights(layer, direction),
                               nonlinearity=self.nonlinearity, lengths=lengths,
-                              state_mask=state_mask, reverse=bool(direction), backend=self.backend)
+                              state_mask=state_mask, reverse=bool(direction), backend=self.backend,
+                              algo=self.algo)
 
 
 class GRU(_FusedRNNBase):
@@ -309,10 +316,10 @@ class GRU(_FusedRNNBase):
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  reset_after: bool = True, device=None, dtype=None, *, input_dropout: float = 0.0,
                  output_dropout: float = 0.0, state_dropout: float = 0.0,
-                 backend: str = "fused") -> None:
+                 backend: str = "fused", algo: str = "auto") -> None:
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device, dtype, input_dropout, output_dropout,
-                         state_dropout, backend)
+                         state_dropout, backend, algo)
         self.reset_after = bool(reset_after)
 
     def extra_repr(self) -> str:
@@ -322,7 +329,8 @@ class GRU(_FusedRNNBase):
     def _run(self, x, state, layer, direction, lengths, state_mask=None):
         return functional.gru(x, state[0], *self._weights(layer, direction),
                               reset_after=self.reset_after, lengths=lengths,
-                              state_mask=state_mask, reverse=bool(direction), backend=self.backend)
+                              state_mask=state_mask, reverse=bool(direction), backend=self.backend,
+                              algo=self.algo)
 
 
 class LSTM(_FusedRNNBase):
@@ -336,10 +344,10 @@ class LSTM(_FusedRNNBase):
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, device=None, dtype=None, *, input_dropout: float = 0.0,
                  output_dropout: float = 0.0, state_dropout: float = 0.0,
-                 backend: str = "fused") -> None:
+                 backend: str = "fused", algo: str = "auto") -> None:
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, proj_size, device, dtype, input_dropout, output_dropout,
-                         state_dropout, backend)
+                         state_dropout, backend, algo)
 
     def _peepholes(self, layer: int, direction: int) -> Optional[Tensor]:
         return None
@@ -350,7 +358,8 @@ class LSTM(_FusedRNNBase):
         return functional.peephole_lstm(x, state[0], state[1], w_ih, w_hh,
                                         self._peepholes(layer, direction), b_ih, b_hh, w_hr=w_hr,
                                         lengths=lengths, state_mask=state_mask,
-                                        reverse=bool(direction), backend=self.backend)
+                                        reverse=bool(direction), backend=self.backend,
+                                        algo=self.algo)
 
 
 class PeepholeLSTM(LSTM):
@@ -367,11 +376,11 @@ class PeepholeLSTM(LSTM):
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, device=None, dtype=None, *, input_dropout: float = 0.0,
                  output_dropout: float = 0.0, state_dropout: float = 0.0,
-                 backend: str = "fused") -> None:
+                 backend: str = "fused", algo: str = "auto") -> None:
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, proj_size, device, dtype, input_dropout=input_dropout,
                          output_dropout=output_dropout, state_dropout=state_dropout,
-                         backend=backend)
+                         backend=backend, algo=algo)
         bound = 1.0 / hidden_size ** 0.5
         # One weight_ch per layer and direction, last in its group (after weight_hr).
         for group in self._all_weights:

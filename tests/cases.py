@@ -22,6 +22,7 @@ class Case:
     lengths: Optional[torch.Tensor] = None
     reverse: bool = False
     state_mask: Optional[torch.Tensor] = None  # recurrent-state dropout mask (B, P)
+    algo: str = "auto"  # the fused backend's algorithm (fused_rnn.functional)
 
     def leaves(self) -> List[torch.Tensor]:
         tensors = [self.x, self.h0] + ([self.c0] if self.c0 is not None else [])
@@ -36,14 +37,15 @@ class Case:
             return t.detach().to(device=device or t.device, dtype=dtype).requires_grad_(t.requires_grad)
         return Case(self.cell, cast(self.x), cast(self.h0),
                     {k: cast(v) for k, v in self.weights.items()}, cast(self.c0),
-                    lengths=self.lengths, reverse=self.reverse, state_mask=cast(self.state_mask))
+                    lengths=self.lengths, reverse=self.reverse, state_mask=cast(self.state_mask),
+                    algo=self.algo)
 
     def run(self, backend: str = "fused", x: Optional[torch.Tensor] = None):
         """Runs the sequence function of this cell on `x` (default: the case's own input)."""
         x = self.x if x is None else x
         w = self.weights
         kw = dict(lengths=self.lengths, reverse=self.reverse, state_mask=self.state_mask,
-                  backend=backend)
+                  backend=backend, algo=self.algo)
         if self.cell.startswith("rnn"):
             return F.rnn(x, self.h0, w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"],
                          nonlinearity=self.cell[4:], **kw)

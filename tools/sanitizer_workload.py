@@ -1,12 +1,17 @@
 """A small CUDA workload touching every fused kernel (forward, backward, lengths, reverse,
-projection, peepholes, both GRUs, float32 and bfloat16), for compute-sanitizer to check.
-Exits non-zero if any result differs from the reference oracle."""
+projection, peepholes, both GRUs, float32 and bfloat16, the stepwise and the persistent
+algorithm), for compute-sanitizer to check. Exits non-zero if any result differs from the
+reference oracle."""
+import dataclasses
 import sys
 
 import torch
 
 sys.path.insert(0, "tests")
 from cases import CELLS, make_case, outputs_and_grads  # noqa: E402
+
+# The cells the persistent kernels run (not the projection, not reset_before).
+PERSISTENT_CELLS = {"rnn_tanh", "rnn_relu", "lstm", "peephole_lstm", "gru"}
 
 
 def main() -> int:
@@ -18,14 +23,19 @@ def main() -> int:
                 case = make_case(cell, 5, 3, 4, 33, device="cuda", dtype=dtype, reverse=reverse,
                                  lengths=torch.tensor([5, 0, 3]),
                                  state_dropout=0.3 if reverse else 0.0)
-                fused = outputs_and_grads(case, "fused")
                 # The oracle runs on the CPU: only fused_rnn's kernels need the sanitizer's time.
                 ref = outputs_and_grads(case.converted(torch.float64, "cpu"), "reference")
-                for a, b in zip(fused[0] + fused[1], ref[0] + ref[1]):
-                    err = ((a.double().cpu() - b).norm() / b.norm().clamp_min(1e-12)).item()
-                    if not err < (5e-2 if dtype == torch.bfloat16 else 1e-4):
-                        failures += 1
-                        print(f"MISMATCH {cell} {dtype} reverse={reverse}: rel err {err:.2e}")
+                algos = ["stepwise"] + (["persistent"] if cell in PERSISTENT_CELLS else [])
+                for algo in algos:
+                    if algo == "persistent":  # it refuses state dropout
+                        case = dataclasses.replace(case, state_mask=None)
+                        ref = outputs_and_grads(case.converted(torch.float64, "cpu"), "reference")
+                    fused = outputs_and_grads(dataclasses.replace(case, algo=algo), "fused")
+                    for a, b in zip(fused[0] + fused[1], ref[0] + ref[1]):
+                        err = ((a.double().cpu() - b).norm() / b.norm().clamp_min(1e-12)).item()
+                        if not err < (5e-2 if dtype == torch.bfloat16 else 1e-4):
+                            failures += 1
+                            print(f"MISMATCH {cell} {dtype} reverse={reverse} {algo}: rel err {err:.2e}")
     torch.cuda.synchronize()
     print("sanitizer workload done, mismatches:", failures)
     return 1 if failures else 0

@@ -1,6 +1,8 @@
-// CUDA instantiations of the Elman pointwise steps.
+// CUDA instantiations of the Elman pointwise steps and of its persistent kernels.
 #include "fused_rnn/cell_steps.h"
 #include "launch_cuda.cuh"
+#include "persistent.cuh"
 
 FUSED_RNN_INSTANTIATE_CUDA_STEP(ElmanForwardStep)
 FUSED_RNN_INSTANTIATE_CUDA_STEP(ElmanBackwardStep)
+FUSED_RNN_INSTANTIATE_PERSISTENT(ElmanForwardStep, ElmanBackwardStep)

@@ -7,6 +7,15 @@
 
 namespace fused_rnn {
 
+Algo parse_algo(c10::string_view name) {
+  if (name == "auto") return Algo::kAuto;
+  if (name == "stepwise") return Algo::kStepwise;
+  TORCH_CHECK_VALUE(name == "persistent",
+                    "fused_rnn: algo must be 'auto', 'stepwise' or 'persistent', got '",
+                    std::string(name), "'");
+  return Algo::kPersistent;
+}
+
 std::string shape_string(at::IntArrayRef shape) {
   std::string text = "[";
   for (size_t i = 0; i < shape.size(); ++i) {

@@ -9,10 +9,15 @@
 #include <string>
 #include <vector>
 
+#include "fused_rnn/persistent.h"
+
 namespace fused_rnn {
 
 using at::Tensor;
 using OptTensor = c10::optional<Tensor>;
+
+// The ops' `algo` argument: "auto", "stepwise" or "persistent"; anything else raises.
+Algo parse_algo(c10::string_view name);
 
 // The time index processed at loop step s (forward: s; reverse: T-1-s).
 inline int64_t time_at(int64_t s, int64_t steps, bool reverse) {

@@ -13,8 +13,9 @@ namespace fused_rnn {
 std::tuple<Tensor, Tensor> elman_forward(const Tensor& x_proj_in, const Tensor& h0,
                                          const Tensor& w_hh, const OptTensor& b_hh,
                                          const OptTensor& lengths, const OptTensor& state_mask,
-                                         bool reverse, bool relu) {
+                                         bool reverse, bool relu, c10::string_view algo_name) {
   const c10::OptionalDeviceGuard guard(at::device_of(x_proj_in));
+  const Algo algo = parse_algo(algo_name);
   const int64_t H = check_sequence_args(x_proj_in, h0, w_hh, b_hh, lengths, 1, c10::nullopt);
   const Tensor x_proj = x_proj_in.contiguous();  // [T, B, H]
   const int64_t T = x_proj.size(0), B = x_proj.size(1);
@@ -32,7 +33,7 @@ std::tuple<Tensor, Tensor> elman_forward(const Tensor& x_proj_in, const Tensor& 
     step.hh = hh.data_ptr<scalar_t>();
     step.b_hh = optional_data<scalar_t>(b_hh, bias);
     step.h = h.data_ptr<scalar_t>();
-    forward_loop(T, reverse, 1, h, w, hh, dropout, [&](int64_t t) {
+    forward_loop(T, reverse, 1, h, w, hh, dropout, algo, [&](int64_t t) {
       ElmanForwardStep<scalar_t> at_t = step;
       at_t.mask = {lengths_ptr(lengths), t};
       at_t.x_proj = x_proj.data_ptr<scalar_t>() + t * B * H;
@@ -46,8 +47,9 @@ std::tuple<Tensor, Tensor> elman_forward(const Tensor& x_proj_in, const Tensor& 
 std::tuple<Tensor, Tensor, Tensor, Tensor> elman_backward(
     const Tensor& grad_y_in, const Tensor& grad_h_n, const Tensor& y_in, const Tensor& h0,
     const Tensor& w_hh, const OptTensor& lengths, const OptTensor& state_mask, bool reverse,
-    bool relu) {
+    bool relu, c10::string_view algo_name) {
   const c10::OptionalDeviceGuard guard(at::device_of(y_in));
+  const Algo algo = parse_algo(algo_name);
   const int64_t H = check_sequence_args(y_in, h0, w_hh, c10::nullopt, lengths, 1, c10::nullopt);
   const int64_t T = y_in.size(0), B = y_in.size(1);
   check_like(grad_y_in, "grad_y", y_in.sizes().vec(), y_in);
@@ -64,7 +66,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> elman_backward(
     step.H = H;
     step.relu = relu;
     step.dh = dh.data_ptr<scalar_t>();
-    backward_loop(T, reverse, 1, dh, d_a, w, dropout, [&](int64_t t) {
+    backward_loop(T, reverse, 1, dh, d_a, w, dropout, algo, [&](int64_t t) {
       ElmanBackwardStep<scalar_t> at_t = step;
       at_t.mask = {lengths_ptr(lengths), t};
       at_t.grad_y = grad_y.data_ptr<scalar_t>() + t * B * H;

@@ -15,8 +15,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& x_proj_in, 
                                                        const Tensor& w_hh, const OptTensor& b_hh,
                                                        const OptTensor& lengths,
                                                        const OptTensor& state_mask, bool reverse,
-                                                       bool reset_after, bool training) {
+                                                       bool reset_after, bool training,
+                                                       c10::string_view algo_name) {
   const c10::OptionalDeviceGuard guard(at::device_of(x_proj_in));
+  const Algo algo = parse_algo(algo_name);
   const int64_t H = check_sequence_args(x_proj_in, h0, w_hh, b_hh, lengths, 3, c10::nullopt);
   const Tensor x_proj = x_proj_in.contiguous();  // [T, B, 3H]
   const int64_t T = x_proj.size(0), B = x_proj.size(1);
@@ -47,7 +49,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& x_proj_in, 
       step.hh = hh.data_ptr<scalar_t>();
       step.b_hh = b_hh_data;
       step.h = h.data_ptr<scalar_t>();
-      forward_loop(T, reverse, 3, h, w, hh, dropout, [&](int64_t t) {
+      forward_loop(T, reverse, 3, h, w, hh, dropout, algo, [&](int64_t t) {
         GruForwardStep<scalar_t> at_t = step;
         at_t.mask = {lengths_ptr(lengths), t};
         at_t.x_proj = x_at(t);
@@ -58,6 +60,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& x_proj_in, 
       });
       return;
     }
+    require_not_persistent(algo, "the reset_before GRU");
     const Tensor w_rz = w.narrow(0, 0, 2 * H);  // [2H, H]
     const Tensor w_n = w.narrow(0, 2 * H, H);   // [H, H]
     Tensor hh_rz = at::empty({B, 2 * H}, opts);  // [B, 2H] W_h{r,z} h
@@ -94,8 +97,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& x_proj_in, 
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
     const Tensor& grad_y_in, const Tensor& grad_h_n, const Tensor& y_in, const Tensor& gates_in,
     const Tensor& hh_n_in, const Tensor& h0, const Tensor& w_hh, const OptTensor& lengths,
-    const OptTensor& state_mask, bool reverse, bool reset_after) {
+    const OptTensor& state_mask, bool reverse, bool reset_after, c10::string_view algo_name) {
   const c10::OptionalDeviceGuard guard(at::device_of(gates_in));
+  const Algo algo = parse_algo(algo_name);
   const int64_t H = check_sequence_args(gates_in, h0, w_hh, c10::nullopt, lengths, 3, c10::nullopt);
   const int64_t T = gates_in.size(0), B = gates_in.size(1);
   check_like(y_in, "y", {T, B, H}, gates_in);
@@ -123,7 +127,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
       GruBackwardStep<scalar_t> step;
       step.H = H;
       step.dh = dh.data_ptr<scalar_t>();
-      backward_loop(T, reverse, 3, dh, d_hh, w, dropout, [&](int64_t t) {
+      backward_loop(T, reverse, 3, dh, d_hh, w, dropout, algo, [&](int64_t t) {
         GruBackwardStep<scalar_t> step_t = step;
         step_t.mask = {lengths_ptr(lengths), t};
         step_t.grad_y = at_t(grad_y, t, H);
@@ -138,6 +142,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
       grad_b_hh = d_hh.sum(at::IntArrayRef{0, 1});
       return;
     }
+    require_not_persistent(algo, "the reset_before GRU");
     const Tensor w_rz = w.narrow(0, 0, 2 * H);  // [2H, H]
     const Tensor w_n = w.narrow(0, 2 * H, H);   // [H, H]
     Tensor d_rh = at::empty({B, H}, opts);         // [B, H] d (r h)

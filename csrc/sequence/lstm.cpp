@@ -38,8 +38,9 @@ at::ScalarType cell_state_type(const Tensor& x) {
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const Tensor& x_proj_in, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
     const OptTensor& b_hh, const OptTensor& w_ch_in, const OptTensor& w_hr, const OptTensor& lengths,
-    const OptTensor& state_mask, bool reverse, bool training) {
+    const OptTensor& state_mask, bool reverse, bool training, c10::string_view algo_name) {
   const c10::OptionalDeviceGuard guard(at::device_of(x_proj_in));
+  const Algo algo = parse_algo(algo_name);
   const int64_t P = check_lstm_args(x_proj_in, c0, w_ch_in, w_hr);
   const int64_t H = check_sequence_args(x_proj_in, h0, w_hh, b_hh, lengths, 4, P);
   const Tensor x_proj = x_proj_in.contiguous();  // [T, B, 4H]
@@ -83,7 +84,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
       at_t.c_saved = training ? c_all.data_ptr<acc_t>() + t * B * H : nullptr;
       return at_t;
     };
-    if (!project) return forward_loop(T, reverse, 4, h, w, hh, dropout, step_at);
+    if (!project) return forward_loop(T, reverse, 4, h, w, hh, dropout, algo, step_at);
+    require_not_persistent(algo, "an LSTM projection (proj_size)");
     // With a projection each step is: hh = W_hh h, the cell step (writes m), h = W_hr m, mask.
     for (int64_t s = 0; s < T; ++s) {
       const int64_t t = time_at(s, T, reverse);
@@ -102,8 +104,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     const Tensor& grad_y_in, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& y_in,
     const Tensor& gates_in, const Tensor& c_all_in, const Tensor& h0, const Tensor& c0,
     const Tensor& w_hh, const OptTensor& w_ch_in, const OptTensor& w_hr, const OptTensor& lengths,
-    const OptTensor& state_mask, bool reverse) {
+    const OptTensor& state_mask, bool reverse, c10::string_view algo_name) {
   const c10::OptionalDeviceGuard guard(at::device_of(gates_in));
+  const Algo algo = parse_algo(algo_name);
   const int64_t P = check_lstm_args(gates_in, c0, w_ch_in, w_hr);
   const int64_t H = check_sequence_args(gates_in, h0, w_hh, c10::nullopt, lengths, 4, P);
   const int64_t T = gates_in.size(0), B = gates_in.size(1);
@@ -154,7 +157,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
       at_t.d_gates = d_gates.data_ptr<scalar_t>() + t * B * 4 * H;
       return at_t;
     };
-    if (!project) return backward_loop(T, reverse, 4, dh, d_gates, w, dropout, step_at);
+    if (!project) return backward_loop(T, reverse, 4, dh, d_gates, w, dropout, algo, step_at);
+    require_not_persistent(algo, "an LSTM projection (proj_size)");
     // With a projection, d m_t = W_hrᵀ (d h_t on valid rows) comes first.
     for (int64_t s = T - 1; s >= 0; --s) {
       const int64_t t = time_at(s, T, reverse);

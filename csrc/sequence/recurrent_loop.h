@@ -1,7 +1,10 @@
 // The time loop the cells share: per step the recurrent GEMM and the cell's fused pointwise
-// step (cell_steps.h), forward and backward. On a CPU with AVX-512, float sequences whose sizes
-// are multiples of 16 run the packed, threaded recurrence (csrc/cpu/recurrence.h); everything
-// else runs one ATen GEMM and one launch_step per time step.
+// step (cell_steps.h), forward and backward, by one of two algorithms (`algo`,
+// fused_rnn/persistent.h):
+//   persistent: on CUDA one cooperative kernel for the whole loop (persistent_loop.h); on a CPU
+//               with AVX-512 (float, sizes multiples of 16) the packed, threaded recurrence
+//               (csrc/cpu/recurrence.h);
+//   stepwise:   one ATen GEMM and one launch_step per time step, for everything else.
 #pragma once
 
 #include <algorithm>
@@ -12,13 +15,20 @@
 #include "common.h"
 #include "fused_rnn/launch.h"
 #include "gemm.h"
+#include "persistent_loop.h"
 
 namespace fused_rnn {
 
-// Whether the packed CPU recurrence runs a sequence with state h [B, P] and hidden size H.
-inline bool use_packed_recurrence(const Tensor& state, int64_t H, const StateDropout& dropout) {
-  return state.is_cpu() && state.scalar_type() == at::kFloat && !dropout.active() &&
-         state.size(1) == H && cpu::recurrence_supported(H);
+// Whether the persistent algorithm runs a sequence with state [B, P] and hidden size H; raises
+// for algo='persistent' where it cannot. `auto` takes it on the CPU wherever it can run, on CUDA
+// where kAutoPersistentOnCuda says so (the kernel's plan may still decline the shape).
+inline bool use_persistent(Algo algo, const Tensor& state, int64_t H, const StateDropout& dropout) {
+  if (algo == Algo::kStepwise) return false;
+  if (const char* reason = persistent_unavailable(state, H, dropout)) {
+    require_not_persistent(algo, reason);
+    return false;
+  }
+  return state.is_cpu() || algo == Algo::kPersistent || kAutoPersistentOnCuda;
 }
 
 // Forward over steps s = 0 .. T-1 (time t = time_at(s, T, reverse)):
@@ -27,11 +37,19 @@ inline bool use_packed_recurrence(const Tensor& state, int64_t H, const StateDro
 // member `h` points at h (the packed recurrence redirects it).
 template <class StepAt>
 void forward_loop(int64_t T, bool reverse, int64_t gates, const Tensor& h, const Tensor& w,
-                  const Tensor& hh, StateDropout& dropout, const StepAt& step_at) {
+                  const Tensor& hh, StateDropout& dropout, Algo algo, const StepAt& step_at) {
   const int64_t B = h.size(0), P = h.size(1), H = w.size(0) / gates;
   using Step = decltype(step_at(int64_t{0}));
+  const bool persistent = use_persistent(algo, h, H, dropout);
+#ifdef FUSED_RNN_WITH_CUDA
+  if (persistent && h.is_cuda()) {
+    const char* declined = persistent_forward(T, reverse, gates, h, w, hh, step_at);
+    if (!declined) return;
+    require_not_persistent(algo, declined);
+  }
+#endif
   if constexpr (std::is_same_v<typename Step::scalar_type, float>) {
-    if (use_packed_recurrence(h, H, dropout)) {
+    if (persistent && h.is_cpu()) {
       const cpu::PackedMatrix packed = cpu::pack_for_forward(w.data_ptr<float>(), gates, H, P);
       const int64_t units = cpu::units_per_panel(gates, /*forward=*/true);
       // The state alternates between h and a scratch copy: step s reads state[s % 2] (all of
@@ -69,11 +87,19 @@ void forward_loop(int64_t T, bool reverse, int64_t gates, const Tensor& h, const
 // dh [B, P]; d_pre [T, B, gates*H]; w [gates*H, P].
 template <class StepAt>
 void backward_loop(int64_t T, bool reverse, int64_t gates, const Tensor& dh, const Tensor& d_pre,
-                   const Tensor& w, StateDropout& dropout, const StepAt& step_at) {
+                   const Tensor& w, StateDropout& dropout, Algo algo, const StepAt& step_at) {
   const int64_t B = dh.size(0), P = dh.size(1), H = w.size(0) / gates;
   using Step = decltype(step_at(int64_t{0}));
+  const bool persistent = use_persistent(algo, dh, H, dropout);
+#ifdef FUSED_RNN_WITH_CUDA
+  if (persistent && dh.is_cuda()) {
+    const char* declined = persistent_backward(T, reverse, gates, dh, d_pre, w, step_at);
+    if (!declined) return;
+    require_not_persistent(algo, declined);
+  }
+#endif
   if constexpr (std::is_same_v<typename Step::scalar_type, float>) {
-    if (use_packed_recurrence(dh, H, dropout)) {
+    if (persistent && dh.is_cpu()) {
       const cpu::PackedMatrix packed = cpu::pack_for_backward(w.data_ptr<float>(), gates, H, P);
       const int64_t units = cpu::units_per_panel(gates, /*forward=*/false);
       const float* d_pre_data = d_pre.data_ptr<float>();

@@ -1,0 +1,299 @@
+// The persistent recurrence kernels (algorithm and buffers: fused_rnn/persistent.h), their
+// launch plans, and the macro that instantiates both for a cell's forward and backward step.
+#pragma once
+
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <cooperative_groups.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "fused_rnn/cell_steps.h"
+#include "fused_rnn/persistent.h"
+
+namespace fused_rnn {
+namespace persistent {
+
+namespace cg = cooperative_groups;
+
+inline __host__ __device__ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline __host__ __device__ int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+inline __device__ int min_int(int64_t a, int64_t b) { return static_cast<int>(a < b ? a : b); }
+
+// A load that bypasses L1 (__ldcg), for any storage type: other blocks wrote these values during
+// this kernel, and L1 is not coherent across SMs. c10::Half and c10::BFloat16 load as their bits.
+template <typename T>
+__device__ T load_cg(const T* p) {
+  if constexpr (sizeof(T) == 2) {
+    const unsigned short bits = __ldcg(reinterpret_cast<const unsigned short*>(p));
+    T value;
+    memcpy(&value, &bits, sizeof(T));
+    return value;
+  } else {
+    return __ldcg(p);
+  }
+}
+
+// Copies `rows` rows of `cols` elements (row stride `cols`) from global memory into shared
+// memory as the compute type, row stride `stride`, and zeroes rows [rows, rows_pad).
+template <typename acc_t, typename scalar_t>
+__device__ void stage_rows(acc_t* dst, int stride, const scalar_t* src, int cols, int rows,
+                           int rows_pad) {
+  for (int i = threadIdx.x; i < rows_pad * cols; i += blockDim.x) {
+    const int r = i / cols, k = i % cols;
+    dst[r * stride + k] = r < rows ? static_cast<acc_t>(load_cg(src + static_cast<int64_t>(r) * cols + k))
+                                   : acc_t(0);
+  }
+}
+
+// For every r < rows_pad and b < batch_pad (multiples of kTileRows and kTileBatch):
+//   out(r, b, Σ_k a[r][k] · x[b][k]),  a [rows_pad][stride], x [batch_pad][stride], k < K.
+// A group of `lanes` threads (a power of two up to a warp) computes one kTileRows × kTileBatch
+// tile: each lane takes every lanes-th k, then warp shuffles add the lanes' partial sums. Small
+// problems (few tiles) so still use the whole block. Every thread of the block must call this.
+template <typename acc_t, class Out>
+__device__ void tile_dots(const acc_t* a, int rows_pad, const acc_t* x, int batch_pad, int K,
+                          int stride, const Out& out) {
+  const int row_tiles = rows_pad / kTileRows;
+  const int tiles = row_tiles * (batch_pad / kTileBatch);
+  int lanes = 32;
+  while (lanes > 1 && tiles * lanes > static_cast<int>(blockDim.x)) lanes /= 2;
+  const int groups = blockDim.x / lanes;
+  const int group = threadIdx.x / lanes, lane = threadIdx.x % lanes;
+  // The same number of rounds for every thread, so that whole warps reach the shuffles.
+  for (int first = 0; first < tiles; first += groups) {
+    const int tile = first + group;
+    const bool active = tile < tiles;
+    const int r0 = active ? (tile % row_tiles) * kTileRows : 0;
+    const int b0 = active ? (tile / row_tiles) * kTileBatch : 0;
+    acc_t acc[kTileRows][kTileBatch];
+#pragma unroll
+    for (int i = 0; i < kTileRows; ++i) {
+#pragma unroll
+      for (int j = 0; j < kTileBatch; ++j) acc[i][j] = acc_t(0);
+    }
+    if (active) {
+      for (int k = lane; k < K; k += lanes) {
+        acc_t av[kTileRows], xv[kTileBatch];
+#pragma unroll
+        for (int i = 0; i < kTileRows; ++i) av[i] = a[(r0 + i) * stride + k];
+#pragma unroll
+        for (int j = 0; j < kTileBatch; ++j) xv[j] = x[(b0 + j) * stride + k];
+#pragma unroll
+        for (int i = 0; i < kTileRows; ++i) {
+#pragma unroll
+          for (int j = 0; j < kTileBatch; ++j) acc[i][j] += av[i] * xv[j];
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kTileRows; ++i) {
+#pragma unroll
+      for (int j = 0; j < kTileBatch; ++j) {
+        for (int offset = lanes / 2; offset > 0; offset /= 2) {
+          acc[i][j] += __shfl_xor_sync(0xffffffffu, acc[i][j], offset);
+        }
+      }
+    }
+    if (active && lane == 0) {
+#pragma unroll
+      for (int i = 0; i < kTileRows; ++i) {
+#pragma unroll
+        for (int j = 0; j < kTileBatch; ++j) out(r0 + i, b0 + j, acc[i][j]);
+      }
+    }
+  }
+}
+
+// out(b, r, Σ_k w_s[r][k] · src[b][k]) for every batch row b < B of src [B, K] (global, row
+// stride K) and every row r < rows_pad of w_s: src is staged into x_s (room for `chunk` rows of
+// stride `stride`) a chunk of rows at a time. Every thread of the block must call this; when it
+// returns, every out() call of the block has been made.
+template <typename acc_t, typename scalar_t, class Out>
+__device__ void multiply_staged(const acc_t* w_s, int rows_pad, acc_t* x_s, int chunk, int stride,
+                                const scalar_t* src, int B, int K, const Out& out) {
+  for (int b0 = 0; b0 < B; b0 += chunk) {
+    const int rows = min_int(chunk, B - b0);
+    const int rows_padded = static_cast<int>(round_up(rows, kTileBatch));
+    __syncthreads();  // the previous chunk's products are done with x_s (and w_s is loaded)
+    stage_rows(x_s, stride, src + static_cast<int64_t>(b0) * K, K, rows, rows_padded);
+    __syncthreads();
+    tile_dots(w_s, rows_pad, x_s, rows_padded, K, stride, [&](int r, int b, acc_t value) {
+      if (b < rows) out(b0 + b, r, value);
+    });
+  }
+  __syncthreads();
+}
+
+// The block's hidden units [u0, u0 + units).
+struct BlockUnits {
+  int u0, units;
+  __device__ explicit BlockUnits(int64_t per_block, int64_t H)
+      : u0(static_cast<int>(blockIdx.x * per_block)),
+        units(min_int(per_block, H - blockIdx.x * per_block)) {}
+};
+
+template <class Step>
+__global__ void __launch_bounds__(kPersistentThreads)
+    forward_kernel(const PersistentForwardArgs<Step> a, const PersistentPlan plan) {
+  using scalar_t = typename Step::scalar_type;
+  using acc_t = at::opmath_type<scalar_t>;
+  cg::grid_group grid = cg::this_grid();
+  const int H = static_cast<int>(a.H), G = static_cast<int>(a.gates), B = static_cast<int>(a.B);
+  const int U = static_cast<int>(plan.units), chunk = static_cast<int>(plan.batch_chunk);
+  const BlockUnits own(U, H);
+  const int rows_pad = static_cast<int>(round_up(G * U, kTileRows));
+  const int stride = H + 1;  // padded rows: neighbouring rows start in different banks
+  extern __shared__ __align__(16) unsigned char shared_raw[];
+  acc_t* w_s = reinterpret_cast<acc_t*>(shared_raw);  // [rows_pad][stride] row g*U+u = W_hh row g*H+u0+u
+  acc_t* h_s = w_s + rows_pad * stride;                // [chunk][stride] rows of the state
+
+  for (int i = threadIdx.x; i < rows_pad * H; i += blockDim.x) {
+    const int r = i / H, k = i % H, g = r / U, u = r % U;
+    w_s[r * stride + k] = g < G && u < own.units
+                              ? static_cast<acc_t>(a.w_hh[static_cast<int64_t>(g * H + own.u0 + u) * H + k])
+                              : acc_t(0);
+  }
+  for (int64_t s = 0; s < a.T; ++s) {
+    // Selected, not indexed: a dynamic index would copy the array into local memory.
+    const scalar_t* h_cur = s % 2 == 0 ? a.state[0] : a.state[1];
+    scalar_t* h_next = s % 2 == 0 ? a.state[1] : a.state[0];
+    multiply_staged(w_s, rows_pad, h_s, chunk, stride, h_cur, B, H, [&](int b, int r, acc_t value) {
+      const int g = r / U, u = r % U;
+      if (g < G && u < own.units) {
+        a.hh[static_cast<int64_t>(b) * G * H + g * H + own.u0 + u] = static_cast<scalar_t>(value);
+      }
+    });
+    const Step step = a.steps[s];
+    for (int i = threadIdx.x; i < B * own.units; i += blockDim.x) {
+      const int64_t k = static_cast<int64_t>(i / own.units) * H + own.u0 + i % own.units;
+      h_next[k] = load_cg(h_cur + k);
+      step(i / own.units, own.u0 + i % own.units);
+    }
+    grid.sync();
+  }
+}
+
+template <class Step>
+__global__ void __launch_bounds__(kPersistentThreads)
+    backward_kernel(const PersistentBackwardArgs<Step> a, const PersistentPlan plan) {
+  using scalar_t = typename Step::scalar_type;
+  using acc_t = at::opmath_type<scalar_t>;
+  cg::grid_group grid = cg::this_grid();
+  const int H = static_cast<int>(a.H), B = static_cast<int>(a.B);
+  const int K = static_cast<int>(a.gates * a.H);  // d_pre's row length
+  const int U = static_cast<int>(plan.units), chunk = static_cast<int>(plan.batch_chunk);
+  const BlockUnits own(U, H);
+  const int rows_pad = static_cast<int>(round_up(U, kTileRows));
+  const int stride = K + 1;
+  extern __shared__ __align__(16) unsigned char shared_raw[];
+  acc_t* w_s = reinterpret_cast<acc_t*>(shared_raw);  // [rows_pad][stride] row n = W_hh column u0+n
+  acc_t* d_s = w_s + rows_pad * stride;                // [chunk][stride] rows of d_pre_t
+
+  for (int i = threadIdx.x; i < rows_pad * K; i += blockDim.x) {
+    const int k = i / rows_pad, n = i % rows_pad;  // n fastest: neighbouring threads read neighbours
+    w_s[n * stride + k] = n < own.units ? static_cast<acc_t>(a.w_hh[static_cast<int64_t>(k) * H + own.u0 + n])
+                                        : acc_t(0);
+  }
+  for (int64_t i = 0; i < a.T; ++i) {
+    const Step step = a.steps[i];
+    for (int e = threadIdx.x; e < B * own.units; e += blockDim.x) {
+      step(e / own.units, own.u0 + e % own.units);
+    }
+    grid.sync();  // d_pre_t complete in every block
+    const int64_t t = a.reverse ? i : a.T - 1 - i;
+    multiply_staged(w_s, rows_pad, d_s, chunk, stride, a.d_pre + t * B * K, B, K,
+                    [&](int b, int n, acc_t value) {
+                      if (n < own.units) {
+                        scalar_t* dh = a.dh + static_cast<int64_t>(b) * H + own.u0 + n;
+                        *dh = static_cast<scalar_t>(static_cast<acc_t>(*dh) + value);
+                      }
+                    });
+  }
+}
+
+// Units per block, shared-memory layout and residency for a kernel that keeps `rows_per_unit`
+// rows of length K per hidden unit and stages batch rows of length K.
+inline PersistentPlan make_plan(const void* kernel, int64_t B, int64_t H, int64_t rows_per_unit,
+                                int64_t K, int64_t element_bytes) {
+  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
+  const int64_t sms = prop->multiProcessorCount;
+  const int64_t units = ceil_div(H, sms);  // at most one block per SM
+  const int64_t row_bytes = (K + 1) * element_bytes;
+  const int64_t w_bytes = round_up(rows_per_unit * units, kTileRows) * row_bytes;
+  const int64_t free_rows = (static_cast<int64_t>(prop->sharedMemPerBlockOptin) - w_bytes) / row_bytes;
+  const int64_t chunk_limit = free_rows / kTileBatch * kTileBatch;
+  if (B < 1 || chunk_limit < kTileBatch) return {};
+  PersistentPlan plan;
+  plan.units = units;
+  plan.batch_chunk = std::min(round_up(B, kTileBatch), chunk_limit);
+  plan.shared_bytes = w_bytes + plan.batch_chunk * row_bytes;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(plan.shared_bytes)));
+  int per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &per_sm, kernel, kPersistentThreads, static_cast<size_t>(plan.shared_bytes)));
+  const int64_t blocks = ceil_div(H, units);
+  if (per_sm * sms < blocks) return {};
+  plan.blocks = blocks;
+  return plan;
+}
+
+template <class Kernel, class Args>
+void launch(Kernel kernel, const Args& args, const PersistentPlan& plan) {
+  void* params[] = {const_cast<Args*>(&args), const_cast<PersistentPlan*>(&plan)};
+  C10_CUDA_CHECK(cudaLaunchCooperativeKernel(
+      reinterpret_cast<const void*>(kernel), dim3(static_cast<unsigned>(plan.blocks)),
+      dim3(kPersistentThreads), params, static_cast<size_t>(plan.shared_bytes),
+      at::cuda::getCurrentCUDAStream()));
+}
+
+}  // namespace persistent
+
+template <class Step>
+PersistentPlan plan_persistent_forward(int64_t B, int64_t H, int64_t gates) {
+  using acc_t = at::opmath_type<typename Step::scalar_type>;
+  return persistent::make_plan(reinterpret_cast<const void*>(&persistent::forward_kernel<Step>),
+                               B, H, gates, H, sizeof(acc_t));
+}
+
+template <class Step>
+PersistentPlan plan_persistent_backward(int64_t B, int64_t H, int64_t gates) {
+  using acc_t = at::opmath_type<typename Step::scalar_type>;
+  return persistent::make_plan(reinterpret_cast<const void*>(&persistent::backward_kernel<Step>),
+                               B, H, 1, gates * H, sizeof(acc_t));
+}
+
+template <class Step>
+void launch_persistent_forward(const PersistentForwardArgs<Step>& args, const PersistentPlan& plan) {
+  persistent::launch(&persistent::forward_kernel<Step>, args, plan);
+}
+
+template <class Step>
+void launch_persistent_backward(const PersistentBackwardArgs<Step>& args,
+                                const PersistentPlan& plan) {
+  persistent::launch(&persistent::backward_kernel<Step>, args, plan);
+}
+
+}  // namespace fused_rnn
+
+// Instantiates the persistent plans and launchers of one cell (forward and backward step
+// templates) for every supported storage type.
+#define FUSED_RNN_INSTANTIATE_PERSISTENT_FOR(Forward, Backward, scalar_t)                       \
+  template fused_rnn::PersistentPlan fused_rnn::plan_persistent_forward<Forward<scalar_t>>(    \
+      int64_t, int64_t, int64_t);                                                               \
+  template fused_rnn::PersistentPlan fused_rnn::plan_persistent_backward<Backward<scalar_t>>(  \
+      int64_t, int64_t, int64_t);                                                               \
+  template void fused_rnn::launch_persistent_forward(                                           \
+      const fused_rnn::PersistentForwardArgs<Forward<scalar_t>>&, const fused_rnn::PersistentPlan&); \
+  template void fused_rnn::launch_persistent_backward(                                          \
+      const fused_rnn::PersistentBackwardArgs<Backward<scalar_t>>&,                             \
+      const fused_rnn::PersistentPlan&);
+
+#define FUSED_RNN_INSTANTIATE_PERSISTENT(Forward, Backward)                         \
+  FUSED_RNN_INSTANTIATE_PERSISTENT_FOR(fused_rnn::Forward, fused_rnn::Backward, float)  \
+  FUSED_RNN_INSTANTIATE_PERSISTENT_FOR(fused_rnn::Forward, fused_rnn::Backward, double) \
+  FUSED_RNN_INSTANTIATE_PERSISTENT_FOR(fused_rnn::Forward, fused_rnn::Backward, c10::Half) \
+  FUSED_RNN_INSTANTIATE_PERSISTENT_FOR(fused_rnn::Forward, fused_rnn::Backward, c10::BFloat16)

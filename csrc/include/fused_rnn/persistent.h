@@ -1,0 +1,83 @@
+// The persistent CUDA recurrence (issue 6): one cooperative kernel runs the whole time loop of a
+// sequence. The hidden units are split over the blocks; each block copies the W_hh rows (forward)
+// or columns (backward) of its units into shared memory once and keeps them there for every
+// step. Per step it reads h_{t-1} (backward: d_pre_t) from L2, multiplies, runs the cell's
+// pointwise step (cell_steps.h, the same code as every other path) on its units, and meets the
+// other blocks at one grid barrier.
+//
+//   forward, step s:  hh[:, own rows] = h_s · W_hh[own rows]ᵀ;  __syncthreads;
+//                     h_{s+1}[:, own] = h_s[:, own];  steps[s](b, j) for j own;  grid.sync
+//   backward, step i: steps[i](b, j) for j own (writes d_pre_t[:, own gate columns], dh[:, own]);
+//                     grid.sync;  dh[:, own] += d_pre_t · W_hh[:, own];  __syncthreads
+// The forward state ping-pongs between two buffers (step s reads state[s % 2] and writes
+// state[(s+1) % 2]) so that no block overwrites an h another block is still reading; copying the
+// own units first keeps the state of masked rows and gives GRU's step its h_{t-1}. The backward
+// needs no second barrier: a block's GEMM writes exactly the dh columns its own pointwise reads.
+//
+// FP32 is multiplied with exact FFMA (no TF32), half types in float; products accumulate in the
+// compute type and hh is rounded to the storage type, as the stepwise path's cuBLAS GEMM does.
+//
+// This header is shared by the host code (sequence/recurrent_loop.h) and the kernels
+// (csrc/cuda/persistent.cuh).
+#pragma once
+
+#include <cstdint>
+
+namespace fused_rnn {
+
+// Which recurrence algorithm runs a sequence: the ops' `algo` argument.
+//   stepwise:   one recurrent GEMM and one pointwise launch per step (any shape, any device).
+//   persistent: CUDA: the cooperative kernel above; CPU: the packed, threaded recurrence
+//               (csrc/cpu/recurrence.h). Raises where it cannot run.
+//   auto:       persistent where it can run and is expected to be faster, else stepwise.
+enum class Algo { kAuto, kStepwise, kPersistent };
+
+constexpr int kPersistentThreads = 256;  // threads per block
+constexpr int kTileRows = 4;             // W_hh rows per thread tile of the dot products
+constexpr int kTileBatch = 4;            // batch rows per thread tile
+
+// How the persistent kernel splits one sequence; blocks == 0 when it cannot run here (W_hh's
+// slice does not fit in shared memory, or the blocks cannot all be resident at once).
+struct PersistentPlan {
+  int64_t blocks = 0;        // one per `units` hidden units
+  int64_t units = 0;         // hidden units per block (the last block may have fewer)
+  int64_t batch_chunk = 0;   // rows of h (backward: d_pre) staged in shared memory at a time
+  int64_t shared_bytes = 0;  // dynamic shared memory per block
+};
+
+template <class Step>
+struct PersistentForwardArgs {
+  using scalar_t = typename Step::scalar_type;
+  const Step* steps;      // [T] on the device, in loop order; steps[s].h == state[(s + 1) % 2]
+  const scalar_t* w_hh;   // [gates*H, H]
+  scalar_t* state[2];     // [B, H] each; state[0] holds h_0
+  scalar_t* hh;           // [B, gates*H] W_hh h, read by the steps
+  int64_t T, B, H, gates;
+};
+
+template <class Step>
+struct PersistentBackwardArgs {
+  using scalar_t = typename Step::scalar_type;
+  const Step* steps;      // [T] on the device, in loop order (time T-1 first unless reverse)
+  const scalar_t* w_hh;   // [gates*H, H]
+  const scalar_t* d_pre;  // [T, B, gates*H] written by the steps, read by the GEMM
+  scalar_t* dh;           // [B, H] the steps' dh
+  int64_t T, B, H, gates;
+  bool reverse;
+};
+
+#ifdef FUSED_RNN_WITH_CUDA
+// Implemented in csrc/cuda/persistent.cuh, instantiated per step type in the cells' *.cu files.
+// Both run on the current device and stream.
+template <class Step>
+PersistentPlan plan_persistent_forward(int64_t B, int64_t H, int64_t gates);
+template <class Step>
+PersistentPlan plan_persistent_backward(int64_t B, int64_t H, int64_t gates);
+template <class Step>
+void launch_persistent_forward(const PersistentForwardArgs<Step>& args, const PersistentPlan& plan);
+template <class Step>
+void launch_persistent_backward(const PersistentBackwardArgs<Step>& args,
+                                const PersistentPlan& plan);
+#endif
+
+}  // namespace fused_rnn

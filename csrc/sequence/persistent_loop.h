@@ -1,0 +1,140 @@
+// Host side of the persistent recurrence (fused_rnn/persistent.h): which algorithm a sequence
+// runs with, and the CUDA launch — the per-step structs copied to the device once, one
+// cooperative kernel for the whole loop.
+#pragma once
+
+#include <ATen/ATen.h>
+#ifdef FUSED_RNN_WITH_CUDA
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+#endif
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "../cpu/recurrence.h"
+#include "common.h"
+#include "fused_rnn/persistent.h"
+
+namespace fused_rnn {
+
+// Whether `auto` picks the persistent CUDA kernels where they fit. Off until they have been
+// verified and measured on a GPU (issue 6); until then only algo='persistent' runs them.
+constexpr bool kAutoPersistentOnCuda = false;
+
+// Why the persistent algorithm cannot run a sequence with state [B, P], hidden size H and
+// `dropout`, or nullptr when it can (CUDA: as far as these go; the kernel's plan then checks
+// that W_hh's slices fit in shared memory).
+inline const char* persistent_unavailable(const Tensor& state, int64_t H,
+                                          const StateDropout& dropout) {
+  if (dropout.active()) return "recurrent-state dropout";
+  if (state.size(1) != H) return "an LSTM projection (proj_size)";
+  if (state.is_cuda()) return nullptr;
+  if (!state.is_cpu()) return "this device";
+  if (state.scalar_type() != at::kFloat) return "a dtype other than float32 on the CPU";
+  if (!cpu::recurrence_supported(H)) {
+    return "a CPU without AVX-512 or a hidden_size that is not a multiple of 16";
+  }
+  return nullptr;
+}
+
+// Raises when algo='persistent' asks for what the persistent algorithm cannot do (`reason`).
+inline void require_not_persistent(Algo algo, const char* reason) {
+  TORCH_CHECK_VALUE(algo != Algo::kPersistent, "fused_rnn: algo='persistent' cannot run ", reason,
+                    "; use algo='auto' or 'stepwise'");
+}
+
+#ifdef FUSED_RNN_WITH_CUDA
+// Why the persistent kernel cannot run with `plan` now, or nullptr. Under CUDA graph capture the
+// steps' host-to-device copy would be replayed from a pinned buffer that is reused meanwhile.
+inline const char* persistent_declined(const PersistentPlan& plan) {
+  if (plan.blocks == 0) {
+    return "this shape on this GPU (W_hh's slices do not fit in shared memory with every block "
+           "resident)";
+  }
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(c10::cuda::getCurrentCUDAStream(), &capture));
+  return capture == cudaStreamCaptureStatusNone ? nullptr : "inside CUDA graph capture";
+}
+
+// The steps' structs (plain pointers and sizes) in device memory, copied on the current stream
+// from pinned memory (the caching host allocator keeps that alive until the copy has run).
+template <class Step>
+Tensor steps_on_device(const std::vector<Step>& steps, const c10::Device& device) {
+  static_assert(std::is_trivially_copyable_v<Step>, "a step must be a plain struct");
+  const int64_t bytes = static_cast<int64_t>(steps.size() * sizeof(Step));
+  Tensor host = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  std::memcpy(host.data_ptr(), steps.data(), bytes);
+  return host.to(device, /*non_blocking=*/true);
+}
+
+// The forward loop as one persistent kernel. Returns nullptr, or why it cannot run here (then
+// nothing was done). h [B, H] the state (h_0 in, h_T out); w [gates*H, H]; hh [B, gates*H].
+template <class StepAt>
+const char* persistent_forward(int64_t T, bool reverse, int64_t gates, const Tensor& h, const Tensor& w,
+                        const Tensor& hh, const StepAt& step_at) {
+  using Step = decltype(step_at(int64_t{0}));
+  using scalar_t = typename Step::scalar_type;
+  const int64_t B = h.size(0), H = h.size(1);
+  if (B == 0) return nullptr;  // nothing to compute
+  const PersistentPlan plan = plan_persistent_forward<Step>(B, H, gates);
+  if (const char* reason = persistent_declined(plan)) return reason;
+  const Tensor other = at::empty_like(h);  // [B, H] the state of every other step
+  scalar_t* state[2] = {h.data_ptr<scalar_t>(), other.data_ptr<scalar_t>()};
+  std::vector<Step> steps;
+  steps.reserve(T);
+  for (int64_t s = 0; s < T; ++s) {
+    Step step = step_at(time_at(s, T, reverse));
+    step.h = state[(s + 1) % 2];
+    steps.push_back(step);
+  }
+  const Tensor steps_device = steps_on_device(steps, h.device());
+  PersistentForwardArgs<Step> args;
+  args.steps = static_cast<const Step*>(steps_device.data_ptr());
+  args.w_hh = w.data_ptr<scalar_t>();
+  args.state[0] = state[0];
+  args.state[1] = state[1];
+  args.hh = hh.data_ptr<scalar_t>();
+  args.T = T;
+  args.B = B;
+  args.H = H;
+  args.gates = gates;
+  launch_persistent_forward(args, plan);
+  if (T % 2 == 1) h.copy_(other);  // h_T was written to the second buffer
+  return nullptr;
+}
+
+// The backward loop as one persistent kernel; returns as persistent_forward. dh [B, H];
+// d_pre [T, B, gates*H] (what the steps write and W_hh multiplies); w [gates*H, H].
+template <class StepAt>
+const char* persistent_backward(int64_t T, bool reverse, int64_t gates, const Tensor& dh,
+                         const Tensor& d_pre, const Tensor& w, const StepAt& step_at) {
+  using Step = decltype(step_at(int64_t{0}));
+  using scalar_t = typename Step::scalar_type;
+  const int64_t B = dh.size(0), H = dh.size(1);
+  if (B == 0) return nullptr;
+  const PersistentPlan plan = plan_persistent_backward<Step>(B, H, gates);
+  if (const char* reason = persistent_declined(plan)) return reason;
+  std::vector<Step> steps;
+  steps.reserve(T);
+  for (int64_t i = 0; i < T; ++i) steps.push_back(step_at(time_at(T - 1 - i, T, reverse)));
+  const Tensor steps_device = steps_on_device(steps, dh.device());
+  PersistentBackwardArgs<Step> args;
+  args.steps = static_cast<const Step*>(steps_device.data_ptr());
+  args.w_hh = w.data_ptr<scalar_t>();
+  args.d_pre = d_pre.data_ptr<scalar_t>();
+  args.dh = dh.data_ptr<scalar_t>();
+  args.T = T;
+  args.B = B;
+  args.H = H;
+  args.gates = gates;
+  args.reverse = reverse;
+  launch_persistent_backward(args, plan);
+  return nullptr;
+}
+#endif
+
+}  // namespace fused_rnn

@@ -1,0 +1,164 @@
+"""algo='persistent' against the float64 oracle and against algo='stepwise', on every cell it runs,
+and its refusals. On CUDA it is the cooperative kernel that keeps W_hh in shared memory
+(csrc/cuda/persistent.cuh); on the CPU the packed, threaded recurrence (float32, AVX-512)."""
+import dataclasses
+
+import pytest
+import torch
+
+import fused_rnn
+from fused_rnn import functional as F
+from cases import make_case, outputs_and_grads
+
+PERSISTENT_CELLS = ["rnn_tanh", "rnn_relu", "lstm", "peephole_lstm", "gru"]
+CPU_PERSISTENT = fused_rnn.build_info().get("cpu_simd") == "avx512"
+DEVICES = [pytest.param("cpu", marks=pytest.mark.skipif(not CPU_PERSISTENT,
+                                                        reason="the CPU's persistent path needs AVX-512")),
+           pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+               not torch.cuda.is_available(), reason="no CUDA GPU")])]
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+
+
+def _relative_error(result, expected):
+    return ((result.double().cpu() - expected.double().cpu()).norm()
+            / expected.double().cpu().norm().clamp_min(1e-30)).item()
+
+
+def _assert_agree(result, expected, tolerance, what):
+    for kind, (ours, theirs) in enumerate(zip(result, expected)):
+        for i, (a, b) in enumerate(zip(ours, theirs)):
+            error = _relative_error(a, b)
+            assert error < tolerance, f"{what}: {'outputs' if kind == 0 else 'grads'}[{i}] rel err {error:.2e}"
+
+
+def _with_algo(case, algo):
+    return dataclasses.replace(case, algo=algo)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("lengths", [None, [7, 3, 0, 7, 5]], ids=["full", "lengths"])
+@pytest.mark.parametrize("cell", PERSISTENT_CELLS)
+@pytest.mark.parametrize("device", DEVICES)
+def test_float32_matches_oracle_and_stepwise(device, cell, lengths, reverse):
+    torch.manual_seed(0)
+    lengths = torch.tensor(lengths) if lengths is not None else None
+    case = make_case(cell, 7, 5, 6, 32, dtype=torch.float32, device=device, lengths=lengths,
+                     reverse=reverse)
+    persistent = outputs_and_grads(_with_algo(case, "persistent"), "fused")
+    stepwise = outputs_and_grads(_with_algo(case, "stepwise"), "fused")
+    oracle = outputs_and_grads(case.converted(torch.float64, "cpu"), "reference")
+    _assert_agree(persistent, oracle, 2e-5, "persistent vs float64 oracle")
+    _assert_agree(persistent, stepwise, 2e-5, "persistent vs stepwise")
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("cell", PERSISTENT_CELLS)
+def test_cuda_float64_matches_oracle(cell):
+    torch.manual_seed(1)
+    case = make_case(cell, 6, 3, 5, 19, dtype=torch.float64, device="cuda",
+                     lengths=torch.tensor([6, 2, 4]))
+    persistent = outputs_and_grads(_with_algo(case, "persistent"), "fused")
+    oracle = outputs_and_grads(case.converted(torch.float64, "cpu"), "reference")
+    _assert_agree(persistent, oracle, 1e-10, "float64 persistent vs oracle")
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("cell", PERSISTENT_CELLS)
+def test_cuda_half_types_as_accurate_as_stepwise(cell, dtype):
+    """Against float64 on the same rounded inputs, within twice the stepwise path's error."""
+    torch.manual_seed(2)
+    case = make_case(cell, 9, 4, 16, 48, dtype=dtype, device="cuda", lengths=torch.tensor([9, 4, 0, 7]))
+    oracle = outputs_and_grads(case.converted(torch.float64), "reference")
+    persistent = outputs_and_grads(_with_algo(case, "persistent"), "fused")
+    stepwise = outputs_and_grads(_with_algo(case, "stepwise"), "fused")
+    floor = 2e-3 if dtype == torch.float16 else 1.5e-2
+    for kind in (0, 1):
+        for ours, theirs, exact in zip(persistent[kind], stepwise[kind], oracle[kind]):
+            assert _relative_error(ours, exact) <= 2 * _relative_error(theirs, exact) + floor
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("cell, hidden, batch", [
+    ("lstm", 1024, 40),   # 8 units a block; h and d_pre staged in several batch chunks
+    ("gru", 301, 6),      # 3 units a block, the last block has 1
+    ("rnn_tanh", 7, 33),  # fewer units than SMs; batch not a multiple of the tile
+])
+def test_cuda_block_and_chunk_splits_match_stepwise(cell, hidden, batch):
+    torch.manual_seed(3)
+    case = make_case(cell, 4, batch, 8, hidden, dtype=torch.float32, device="cuda",
+                     lengths=torch.randint(0, 5, (batch,)), reverse=True)
+    persistent = outputs_and_grads(_with_algo(case, "persistent"), "fused")
+    stepwise = outputs_and_grads(_with_algo(case, "stepwise"), "fused")
+    _assert_agree(persistent, stepwise, 1e-4, "persistent vs stepwise")
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_refuses_what_does_not_fit_in_shared_memory():
+    case = make_case("lstm", 2, 2, 4, 4096, dtype=torch.float32, device="cuda", requires_grad=False)
+    with pytest.raises(ValueError, match="shared memory"):
+        _with_algo(case, "persistent").run()
+    auto = _with_algo(case, "auto").run()  # auto falls back to the stepwise loop
+    stepwise = _with_algo(case, "stepwise").run()
+    for a, b in zip(auto, stepwise):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_refuses_graph_capture():
+    case = make_case("gru", 3, 2, 4, 16, dtype=torch.float32, device="cuda", requires_grad=False)
+    case = _with_algo(case, "persistent")
+    case.run()  # warm up outside the capture
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream), pytest.raises(ValueError, match="graph capture"):
+        with torch.cuda.graph(graph, stream=stream):
+            case.run()
+
+
+@pytest.mark.parametrize("cell, kwargs, reason", [
+    ("lstm_proj", {}, "projection"),
+    ("gru_reset_before", {}, "reset_before"),
+    ("lstm", {"state_dropout": 0.5}, "dropout"),
+])
+def test_refuses_what_it_cannot_run(cell, kwargs, reason):
+    case = make_case(cell, 3, 2, 4, 16, dtype=torch.float32, requires_grad=False, **kwargs)
+    with pytest.raises(ValueError, match=reason):
+        _with_algo(case, "persistent").run()
+    _with_algo(case, "auto").run()  # auto runs the stepwise loop instead
+
+
+@pytest.mark.skipif(not CPU_PERSISTENT, reason="the CPU's persistent path needs AVX-512")
+def test_cpu_refuses_double_and_odd_hidden_sizes():
+    with pytest.raises(ValueError, match="float32"):
+        _with_algo(make_case("gru", 3, 2, 4, 16, requires_grad=False), "persistent").run()
+    odd = make_case("gru", 3, 2, 4, 30, dtype=torch.float32, requires_grad=False)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        _with_algo(odd, "persistent").run()
+
+
+def test_unknown_algorithm_is_a_value_error():
+    x, h0 = torch.randn(3, 2, 4), torch.zeros(2, 8)
+    w_ih, w_hh = torch.randn(24, 4), torch.randn(24, 8)
+    with pytest.raises(ValueError, match="algo must be one of"):
+        F.gru(x, h0, w_ih, w_hh, algo="fastest")
+    with pytest.raises(ValueError, match="algo must be one of"):
+        fused_rnn.LSTM(4, 8, algo="fastest")
+    with pytest.raises(ValueError, match="algo must be"):  # the op itself checks too
+        torch.ops.fused_rnn.gru_forward(x @ w_ih.t(), h0, w_hh, None, None, None, False, True,
+                                        False, "fastest")
+
+
+def test_module_algo_changes_no_parameter_and_shows_in_repr():
+    torch.manual_seed(4)
+    default = fused_rnn.LSTM(4, 16, num_layers=2)
+    stepwise = fused_rnn.LSTM(4, 16, num_layers=2, algo="stepwise")
+    stepwise.load_state_dict(default.state_dict())
+    assert "algo='stepwise'" in repr(stepwise) and "algo" not in repr(default)
+    x = torch.randn(5, 3, 4)
+    torch.testing.assert_close(stepwise(x)[0], default(x)[0], rtol=1e-5, atol=1e-6)
