@@ -144,6 +144,7 @@ def _register_autograd() -> None:
     def elman_setup(ctx, inputs, output):
         x_proj, h0, w_hh, b_hh, lengths, state_mask, reverse, relu, algo = _with_algo(inputs, 8)
         y, _ = output
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(y, h0, w_hh, lengths, state_mask)
         ctx.reverse, ctx.relu, ctx.has_bias, ctx.algo = reverse, relu, b_hh is not None, algo
 
@@ -158,6 +159,9 @@ def _register_autograd() -> None:
         (x_proj, h0, c0, w_hh, b_hh, w_ch, w_hr, lengths, state_mask, reverse, training,
          algo) = _with_algo(inputs, 11)
         y, _, _, gates, c_all = output
+        # Backward gets None, not zeros the size of gates and c_all, for the outputs that only
+        # carry activations (and for whatever else the loss did not use).
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(y, gates, c_all, h0, c0, w_hh, w_ch, w_hr, lengths, state_mask)
         ctx.reverse, ctx.has_bias, ctx.training = reverse, b_hh is not None, training
         ctx.algo = algo
@@ -177,6 +181,7 @@ def _register_autograd() -> None:
         (x_proj, h0, w_hh, b_hh, lengths, state_mask, reverse, reset_after, training,
          algo) = _with_algo(inputs, 9)
         y, _, gates, hh_n = output
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(y, gates, hh_n, h0, w_hh, lengths, state_mask)
         ctx.reverse, ctx.reset_after, ctx.algo = reverse, reset_after, algo
         ctx.has_bias, ctx.training = b_hh is not None, training

@@ -51,6 +51,31 @@ std::string shape_string(at::IntArrayRef shape);
 Tensor previous_states(const Tensor& states, const Tensor& initial, const OptTensor& lengths,
                        bool reverse);
 
+// The step that starts from the initial state (forward: 0, reverse: T-1) and, for every other
+// step t, the step whose state it starts from: t-1 (reverse: t+1). Per-row boundaries from
+// lengths aside, the previous-state sequence is [initial, states[0 : T-1]] in forward order.
+inline int64_t first_step(int64_t T, bool reverse) { return reverse ? T - 1 : 0; }
+inline int64_t previous_step(int64_t t, bool reverse) { return reverse ? t + 1 : t - 1; }
+// Of a sequence [T, ...] with T > 1: every step but the first, and (aligned with those) the
+// steps they start from.
+inline Tensor later_steps(const Tensor& sequence, bool reverse) {
+  return sequence.narrow(0, reverse ? 0 : 1, sequence.size(0) - 1);
+}
+inline Tensor their_previous_steps(const Tensor& sequence, bool reverse) {
+  return sequence.narrow(0, reverse ? 1 : 0, sequence.size(0) - 1);
+}
+
+class StateDropout;
+
+// The recurrent weight's gradient Σ_t d_pre[t]ᵀ · prev[t] -> [N, P], with prev =
+// previous_states(states, initial, lengths, reverse) (⊙ the dropout mask), without building prev
+// unless there is dropout: d_pre is 0 at masked rows, so only valid steps count, and there prev
+// is the shifted `states` except at a reverse sequence's first step (where it is `initial`).
+// d_pre [T, B, N]; states [T, B, P] contiguous (0 where masked); initial [B, P].
+Tensor recurrent_weight_gradient(const Tensor& d_pre, const Tensor& states, const Tensor& initial,
+                                 const OptTensor& lengths, bool reverse,
+                                 const StateDropout& dropout);
+
 // The data of an optional tensor made contiguous (kept alive by `holder`), or nullptr.
 template <typename scalar_t>
 const scalar_t* optional_data(const OptTensor& tensor, Tensor& holder) {

@@ -75,8 +75,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> elman_backward(
       return at_t;
     });
   });
-  const Tensor h_prev = dropout.apply(previous_states(y, h0, lengths, reverse));  // [T, B, H]
-  const Tensor grad_w_hh = weight_gradient(d_a.view({T * B, H}), h_prev.reshape({T * B, H}));
+  const Tensor grad_w_hh = recurrent_weight_gradient(d_a, y, h0, lengths, reverse, dropout);
   return {d_a, dh, grad_w_hh, d_a.sum(at::IntArrayRef{0, 1})};
 }
 

@@ -124,8 +124,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   const Tensor c_all = c_all_in.contiguous();    // [T, B, H] acc type
   const Tensor w = w_hh.contiguous();            // [4H, P]
   Tensor peepholes;  // keeps w_ch's contiguous copy alive
-  const Tensor c0_acc = c0.to(c_type);
-  const Tensor c_prev = previous_states(c_all, c0_acc, lengths, reverse).contiguous();  // [T, B, H]
+  // c_{t-1}: c_all holds the state after every step, masked rows included (they carry it), so
+  // step t starts from c_all[previous_step(t)], the first step from c0.
+  const Tensor c0_acc = c0.to(c_type).contiguous();  // [B, H]
   Tensor dh = grad_h_n.contiguous().clone();             // [B, P] carried to the previous step
   Tensor dc = grad_c_n.to(c_type).contiguous().clone();  // [B, H] carried to the previous step
   Tensor d_gates = sequence_buffer({T, B, 4 * H}, opts);  // [T, B, 4H] d pre-activations
@@ -153,7 +154,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
       at_t.grad_y = project ? nullptr : grad_y.data_ptr<scalar_t>() + t * B * P;
       at_t.gates = gates.data_ptr<scalar_t>() + t * B * 4 * H;
       at_t.c_t = c_all.data_ptr<acc_t>() + t * B * H;
-      at_t.c_prev = c_prev.data_ptr<acc_t>() + t * B * H;
+      at_t.c_prev = t == first_step(T, reverse)
+                        ? c0_acc.data_ptr<acc_t>()
+                        : c_all.data_ptr<acc_t>() + previous_step(t, reverse) * B * H;
       at_t.d_gates = d_gates.data_ptr<scalar_t>() + t * B * 4 * H;
       return at_t;
     };
@@ -172,17 +175,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     }
   });
 
-  const Tensor h_prev = dropout.apply(previous_states(y, h0, lengths, reverse));  // [T, B, P]
-  const Tensor d_flat = d_gates.view({T * B, 4 * H});
-  const Tensor grad_w_hh = weight_gradient(d_flat, h_prev.reshape({T * B, P}));
+  const Tensor grad_w_hh = recurrent_weight_gradient(d_gates, y, h0, lengths, reverse, dropout);
   const Tensor grad_b_hh = d_gates.sum(at::IntArrayRef{0, 1});
   Tensor grad_w_ch = absent(gates);
   if (w_ch_in.has_value()) {
-    // Peepholes see c_{t-1} (gates i, f) and c_t (gate o).
-    const Tensor d_acc = d_gates.to(c_type);
-    grad_w_ch = at::cat({(d_acc.narrow(2, 0, H) * c_prev).sum(at::IntArrayRef{0, 1}),
-                         (d_acc.narrow(2, H, H) * c_prev).sum(at::IntArrayRef{0, 1}),
-                         (d_acc.narrow(2, 3 * H, H) * c_all).sum(at::IntArrayRef{0, 1})},
+    // Peepholes see c_{t-1} (gates i, f) and c_t (gate o): Σ over steps and rows of d a ⊙ c.
+    auto d_gate = [&](int64_t gate) { return d_gates.narrow(2, gate * H, H).to(c_type); };
+    auto sum_times_previous_c = [&](int64_t gate) {
+      const Tensor d = d_gate(gate);  // [T, B, H]
+      Tensor sum = (d.select(0, first_step(T, reverse)) * c0_acc).sum(0);
+      if (T > 1) sum += (later_steps(d, reverse) * their_previous_steps(c_all, reverse))
+                     .sum(at::IntArrayRef{0, 1});
+      return sum;
+    };
+    grad_w_ch = at::cat({sum_times_previous_c(0), sum_times_previous_c(1),
+                         (d_gate(3) * c_all).sum(at::IntArrayRef{0, 1})},
                         0)
                     .to(gates.scalar_type());
   }
