@@ -34,7 +34,8 @@ inline bool use_persistent(Algo algo, const Tensor& state, int64_t H, const Stat
 // Forward over steps s = 0 .. T-1 (time t = time_at(s, T, reverse)):
 //   hh = h · W_hhᵀ, then step_at(t) over [B, H], which updates h in place.
 // h [B, P] state; w [gates*H, P]; hh [B, gates*H]; step_at(t) returns the step for time t, whose
-// member `h` points at h (the packed recurrence redirects it).
+// member `h` points at h (the packed recurrence redirects it) and `x_proj` at its [B, gates*H]
+// input rows (which the packed recurrence prefetches a step ahead).
 template <class StepAt>
 void forward_loop(int64_t T, bool reverse, int64_t gates, const Tensor& h, const Tensor& w,
                   const Tensor& hh, StateDropout& dropout, Algo algo, const StepAt& step_at) {
@@ -62,6 +63,18 @@ void forward_loop(int64_t T, bool reverse, int64_t gates, const Tensor& h, const
         const float* h_prev = state[s % 2];
         float* h_next = state[(s + 1) % 2];
         const int64_t j0 = p0 * units, j1 = std::min(p1 * units, H);
+        if (s + 1 < T) {
+          // The next step's x_proj [B, gates*H] columns of these units, into cache while the
+          // GEMM runs: the step would otherwise wait on memory for them.
+          const float* x_next = step_at(time_at(s + 1, T, reverse)).x_proj;
+          for (int64_t b = 0; b < B; ++b) {
+            for (int64_t g = 0; g < gates; ++g) {
+              for (int64_t j = j0; j < j1; j += 16) {
+                __builtin_prefetch(x_next + (b * gates + g) * H + j);
+              }
+            }
+          }
+        }
         cpu::packed_gemm(h_prev, P, 1, B, packed, p0, p1, hh_data, gates * H, false);
         // The step updates its units in place: masked rows keep them, and GRU reads them.
         for (int64_t b = 0; b < B; ++b) {
