@@ -48,17 +48,16 @@ inline void require_not_persistent(Algo algo, const char* reason) {
 }
 
 #ifdef FUSED_RNN_WITH_CUDA
-// Why the persistent kernel cannot run with `plan` now, or nullptr. Under CUDA graph capture the
-// steps' host-to-device copy would be replayed from a pinned buffer that is reused meanwhile.
-inline const char* persistent_declined(const PersistentPlan& plan) {
-  if (plan.blocks == 0) {
-    return "this shape on this GPU (W_hh's slices do not fit in shared memory with every block "
-           "resident)";
-  }
+// Why the persistent kernel cannot run now, or nullptr. Checked before planning (which calls
+// the CUDA runtime): under graph capture the steps' host-to-device copy would be replayed from
+// a pinned buffer that is reused meanwhile.
+inline const char* persistent_declined_now() {
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   C10_CUDA_CHECK(cudaStreamIsCapturing(c10::cuda::getCurrentCUDAStream(), &capture));
   return capture == cudaStreamCaptureStatusNone ? nullptr : "inside CUDA graph capture";
 }
+constexpr const char* kDoesNotFit =
+    "this shape on this GPU (W_hh's slices do not fit in shared memory with every block resident)";
 
 // The steps' structs (plain pointers and sizes) in device memory, copied on the current stream
 // from pinned memory (the caching host allocator keeps that alive until the copy has run).
@@ -80,8 +79,9 @@ const char* persistent_forward(int64_t T, bool reverse, int64_t gates, const Ten
   using scalar_t = typename Step::scalar_type;
   const int64_t B = h.size(0), H = h.size(1);
   if (B == 0) return nullptr;  // nothing to compute
+  if (const char* reason = persistent_declined_now()) return reason;
   const PersistentPlan plan = plan_persistent_forward<Step>(B, H, gates);
-  if (const char* reason = persistent_declined(plan)) return reason;
+  if (plan.blocks == 0) return kDoesNotFit;
   const Tensor other = at::empty_like(h);  // [B, H] the state of every other step
   scalar_t* state[2] = {h.data_ptr<scalar_t>(), other.data_ptr<scalar_t>()};
   std::vector<Step> steps;
@@ -116,8 +116,9 @@ const char* persistent_backward(int64_t T, bool reverse, int64_t gates, const Te
   using scalar_t = typename Step::scalar_type;
   const int64_t B = dh.size(0), H = dh.size(1);
   if (B == 0) return nullptr;
+  if (const char* reason = persistent_declined_now()) return reason;
   const PersistentPlan plan = plan_persistent_backward<Step>(B, H, gates);
-  if (const char* reason = persistent_declined(plan)) return reason;
+  if (plan.blocks == 0) return kDoesNotFit;
   std::vector<Step> steps;
   steps.reserve(T);
   for (int64_t i = 0; i < T; ++i) steps.push_back(step_at(time_at(T - 1 - i, T, reverse)));
