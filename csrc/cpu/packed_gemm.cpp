@@ -99,20 +99,23 @@ void gemm(const float* a, int64_t lda_r, int64_t lda_k, const float* b, int64_t 
   std::vector<int64_t> chunk_cols;
   for (int64_t n = 0; n < N; n += kChunk) chunk_cols.push_back(n);
   const PackedMatrix packed(b, ldb_k, ldb_n, K, chunk_cols, kMaxChunksPerPanel);
-  // Each thread owns whole rows of C, in groups of kGroupRows. A group's rows of C stay in L2
-  // while all of K passes (C is read and written once per K block); within a K block the
-  // group's slice of A stays in L2 while each panel's slice (in L1) meets its row tiles.
-  constexpr int64_t kGroupRows = 16 * kTileRows;
+  // Each thread owns whole rows of C, in groups of kGroupRows, and walks a group's columns in
+  // blocks of kGroupPanels panels (packed_layout.h): such a block of C stays in L2 while all of
+  // K passes (it is read and written once per K block); within a K block the group's slice of
+  // A stays in L2 while each panel's slice (in L1) meets its row tiles.
   const int64_t tiles = (M + kTileRows - 1) / kTileRows;
   at::parallel_for(0, tiles, 1, [&](int64_t tile_begin, int64_t tile_end) {
     const int64_t r_begin = tile_begin * kTileRows, r_end = std::min(tile_end * kTileRows, M);
     for (int64_t r0 = r_begin; r0 < r_end; r0 += kGroupRows) {
       const int64_t rows = std::min(kGroupRows, r_end - r0);
-      for (int64_t k0 = 0; k0 < K; k0 += kBlockK) {
-        const int64_t k1 = std::min(k0 + kBlockK, K);
-        for (int64_t p = 0; p < packed.panels(); ++p) {
-          panel_block(a + r0 * lda_r, lda_r, lda_k, rows, packed, p, k0, k1, c + r0 * ldc, ldc,
-                      accumulate || k0 > 0, bias);
+      for (int64_t p0 = 0; p0 < packed.panels(); p0 += kGroupPanels) {
+        const int64_t p1 = std::min(p0 + kGroupPanels, packed.panels());
+        for (int64_t k0 = 0; k0 < K; k0 += kBlockK) {
+          const int64_t k1 = std::min(k0 + kBlockK, K);
+          for (int64_t p = p0; p < p1; ++p) {
+            panel_block(a + r0 * lda_r, lda_r, lda_k, rows, packed, p, k0, k1, c + r0 * ldc,
+                        ldc, accumulate || k0 > 0, bias);
+          }
         }
       }
     }
