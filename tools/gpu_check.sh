@@ -9,7 +9,8 @@ OUT=${1:?usage: gpu_check.sh OUT_DIR [GIT_COMMIT]}
 COMMIT=${2:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 PY=${PYTHON:-python3}
 # $OUT gets only what is worth keeping (the device tool brings back at most 8 files): the log,
-# the results JSON and the benchmark outputs. Scratch (junit, stage list) stays in $WORK.
+# the results JSON and the benchmark outputs (log + report, JSON + PNG of the quick and the
+# workloads runs, the persistent run's JSON, pipeline.json: 8). Scratch (junit, stage list) stays in $WORK.
 WORK=$(mktemp -d)
 mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"
@@ -46,6 +47,6 @@ stage benchmark_workloads 90 "$PY" -m benchmarks --device cuda --cells lstm,gru 
 # The two algorithms side by side where the persistent kernel is meant to win (issue 6).
 stage benchmark_persistent 90 "$PY" -m benchmarks --device cuda --cells lstm,gru,rnn_tanh,peephole_lstm \
   --workloads small_batch,mid,long_tiny --dtypes fp32,bf16 \
-  --contenders fused_stepwise,fused_persistent,torch.nn --out "$OUT"
+  --contenders fused_stepwise,fused_persistent,torch.nn --no-plot --out "$OUT"
 stage benchmark_pipeline 30 "$PY" -m benchmarks.pipeline --device cuda --json "$OUT/pipeline.json"
 tail -n 60 "$LOG" | grep -E "=====|passed|failed|ERROR SUMMARY|RACECHECK SUMMARY" || true
