@@ -84,3 +84,24 @@ def test_speedups_summarised(document):
     lstm = next(r for r in rows if r["cell"] == "lstm" and r["mode"] == "training")
     assert lstm["fused_vs_reference"] is None or lstm["fused_vs_reference"] > 0
     assert all(ratio > 0 for ratio in lstm["vs_torch.nn"].values())
+
+
+def test_algorithm_contenders(tmp_path):
+    """fused_stepwise and fused_persistent time the two algorithms; the persistent one is n/a for
+    the cell it does not run, and where it runs --check finds it equal to torch.nn."""
+    import fused_rnn
+    command = [sys.executable, "-m", "benchmarks", "--device", "cpu", "--shape", "6,3,5,16",
+               "--cells", "lstm,gru_reset_before", "--modes", "training", "--repeats", "2",
+               "--warmup", "1", "--check", "--contenders", "fused_stepwise,fused_persistent,torch.nn",
+               "--out", str(tmp_path), "--no-plot"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (path,) = tmp_path.glob("cpu_*.json")
+    document = json.loads(path.read_text())
+    status = {(r["cell"], r["contender"]): r["status"] for r in document["results"]}
+    assert status[("gru_reset_before", "fused_stepwise")] == "ok"
+    assert status[("gru_reset_before", "fused_persistent")] == "n/a"
+    if fused_rnn.build_info()["cpu_simd"] == "avx512":  # where the CPU's persistent path runs
+        assert status[("lstm", "fused_persistent")] == "ok"
+        checks = {(c["cell"], c["contender"]): c for c in document["checks"]}
+        assert checks[("lstm", "fused_persistent")]["ok"]

@@ -39,14 +39,15 @@ stage build 150 "$PY" -m pip install --no-build-isolation --no-deps -v -e . || e
 stage tests 150 "$PY" -m pytest tests -q "${PARALLEL[@]}" --junitxml="$WORK/junit.xml" -p no:cacheprovider
 stage memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" tools/sanitizer_workload.py
 stage racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 9 "$PY" tools/sanitizer_workload.py
-# Every cell on `mid` (with the reference loop), then LSTM and GRU on the other workloads.
+# Most wanted first (a run cut short keeps what it did): every cell on `mid` with peak memory,
+# the two algorithms side by side where the persistent kernel is meant to win (issue 6), the
+# one-GPU pipelining overhead (issue 7), then LSTM and GRU on the other workloads.
 stage benchmark_quick 45 "$PY" -m benchmarks --quick --device cuda --out "$OUT"
-stage benchmark_workloads 90 "$PY" -m benchmarks --device cuda --cells lstm,gru \
-  --workloads small_batch,deepbench_1024,big_h,long_tiny,large_batch --dtypes fp32,bf16 \
-  --contenders fused,torch.nn --out "$OUT"
-# The two algorithms side by side where the persistent kernel is meant to win (issue 6).
 stage benchmark_persistent 90 "$PY" -m benchmarks --device cuda --cells lstm,gru,rnn_tanh,peephole_lstm \
   --workloads small_batch,mid,long_tiny --dtypes fp32,bf16 \
   --contenders fused_stepwise,fused_persistent,torch.nn --no-plot --out "$OUT"
 stage benchmark_pipeline 30 "$PY" -m benchmarks.pipeline --device cuda --json "$OUT/pipeline.json"
+stage benchmark_workloads 90 "$PY" -m benchmarks --device cuda --cells lstm,gru \
+  --workloads small_batch,deepbench_1024,big_h,long_tiny,large_batch --dtypes fp32,bf16 \
+  --contenders fused,torch.nn --out "$OUT"
 tail -n 60 "$LOG" | grep -E "=====|passed|failed|ERROR SUMMARY|RACECHECK SUMMARY" || true
