@@ -26,7 +26,8 @@ valid step ``lengths[b] - 1`` (the reverse half of a bidirectional layer).
                   threaded region over packed W_hh (CPU, float32, AVX-512, hidden sizes that are
                   multiples of 16). Raises ValueError where it cannot run: LSTM projection,
                   reset_before GRU, state dropout, a W_hh too large for the GPU's shared memory.
-    "auto"        (default) persistent where it can run and is expected to be faster.
+    "auto"        (default) on the CPU persistent where it can run; on CUDA stepwise, until the
+                  persistent kernels have been verified and measured on a GPU.
 """
 from __future__ import annotations
 

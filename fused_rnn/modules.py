@@ -78,6 +78,7 @@ class _FusedRNNBase(nn.RNNBase):
     # Set by place_layers (fused_rnn/placement.py): one device per layer, or None when unplaced.
     _layer_devices: Optional[Tuple[torch.device, ...]] = None
     _pipeline_chunks: int = 1
+    algo: str = "auto"  # set in __init__; the class default serves modules pickled before it existed
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int, bias: bool,
                  batch_first: bool, dropout: float, bidirectional: bool, proj_size: int, device,
