@@ -133,16 +133,11 @@ def _register_fakes() -> None:
         return x.new_empty((x.shape[0], w.shape[0]))
 
 
-def _with_algo(inputs: tuple, count: int) -> tuple:
-    """A forward op's inputs with `algo` last: callers may leave out that defaulted argument."""
-    return tuple(inputs) if len(inputs) > count else (*inputs, "auto")
-
-
 def _register_autograd() -> None:
     ops = torch.ops.fused_rnn
 
     def elman_setup(ctx, inputs, output):
-        x_proj, h0, w_hh, b_hh, lengths, state_mask, reverse, relu, algo = _with_algo(inputs, 8)
+        x_proj, h0, w_hh, b_hh, lengths, state_mask, reverse, relu, algo = inputs
         y, _ = output
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(y, h0, w_hh, lengths, state_mask)
@@ -157,7 +152,7 @@ def _register_autograd() -> None:
 
     def lstm_setup(ctx, inputs, output):
         (x_proj, h0, c0, w_hh, b_hh, w_ch, w_hr, lengths, state_mask, reverse, training,
-         algo) = _with_algo(inputs, 11)
+         algo) = inputs
         y, _, _, gates, c_all = output
         # Backward gets None, not zeros the size of gates and c_all, for the outputs that only
         # carry activations (and for whatever else the loss did not use).
@@ -179,7 +174,7 @@ def _register_autograd() -> None:
 
     def gru_setup(ctx, inputs, output):
         (x_proj, h0, w_hh, b_hh, lengths, state_mask, reverse, reset_after, training,
-         algo) = _with_algo(inputs, 9)
+         algo) = inputs
         y, _, gates, hh_n = output
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(y, gates, hh_n, h0, w_hh, lengths, state_mask)

@@ -83,8 +83,8 @@ Tensor previous_states(const Tensor& states, const Tensor& initial, const OptTen
   Tensor prev = sequence_buffer(states.sizes(), states.options());  // [T, B, X]
   if (T == 0) return prev;
   // forward: [initial, states[0 : T-1]]; reverse: [states[1 : T], initial]
-  prev.narrow(0, reverse ? T - 1 : 0, 1).copy_(first);
-  prev.narrow(0, reverse ? 0 : 1, T - 1).copy_(states.narrow(0, reverse ? 1 : 0, T - 1));
+  prev.select(0, first_step(T, reverse)).copy_(initial);
+  later_steps(prev, reverse).copy_(their_previous_steps(states, reverse));
   if (!reverse) return prev;
   if (lengths.has_value()) {
     // Sequence b starts (in reverse) at t = lengths[b]-1, from the initial state.

@@ -56,8 +56,8 @@ Tensor previous_states(const Tensor& states, const Tensor& initial, const OptTen
 // lengths aside, the previous-state sequence is [initial, states[0 : T-1]] in forward order.
 inline int64_t first_step(int64_t T, bool reverse) { return reverse ? T - 1 : 0; }
 inline int64_t previous_step(int64_t t, bool reverse) { return reverse ? t + 1 : t - 1; }
-// Of a sequence [T, ...] with T > 1: every step but the first, and (aligned with those) the
-// steps they start from.
+// Of a sequence [T, ...], T >= 1: every step but the first, and (aligned with those) the steps
+// they start from (both empty when T == 1).
 inline Tensor later_steps(const Tensor& sequence, bool reverse) {
   return sequence.narrow(0, reverse ? 0 : 1, sequence.size(0) - 1);
 }

@@ -48,16 +48,24 @@ inline void require_not_persistent(Algo algo, const char* reason) {
 }
 
 #ifdef FUSED_RNN_WITH_CUDA
-// Why the persistent kernel cannot run now, or nullptr. Checked before planning (which calls
-// the CUDA runtime): under graph capture the steps' host-to-device copy would be replayed from
-// a pinned buffer that is reused meanwhile.
-inline const char* persistent_declined_now() {
+// Whether the persistent kernel may run now; raises for algo='persistent' when not. Checked
+// before planning (which calls the CUDA runtime): under graph capture the steps' host-to-device
+// copy would be replayed from a pinned buffer that is reused meanwhile.
+inline bool persistent_allowed_now(Algo algo) {
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   C10_CUDA_CHECK(cudaStreamIsCapturing(c10::cuda::getCurrentCUDAStream(), &capture));
-  return capture == cudaStreamCaptureStatusNone ? nullptr : "inside CUDA graph capture";
+  if (capture == cudaStreamCaptureStatusNone) return true;
+  require_not_persistent(algo, "inside CUDA graph capture");
+  return false;
 }
-constexpr const char* kDoesNotFit =
-    "this shape on this GPU (W_hh's slices do not fit in shared memory with every block resident)";
+
+// Whether `plan` can run; raises for algo='persistent' when not.
+inline bool plan_fits(Algo algo, const PersistentPlan& plan) {
+  if (plan.blocks > 0) return true;
+  require_not_persistent(algo, "this shape on this GPU (W_hh's slices do not fit in shared "
+                               "memory with every block resident)");
+  return false;
+}
 
 // The steps' structs (plain pointers and sizes) in device memory, copied on the current stream
 // from pinned memory (the caching host allocator keeps that alive until the copy has run).
@@ -70,18 +78,19 @@ Tensor steps_on_device(const std::vector<Step>& steps, const c10::Device& device
   return host.to(device, /*non_blocking=*/true);
 }
 
-// The forward loop as one persistent kernel. Returns nullptr, or why it cannot run here (then
-// nothing was done). h [B, H] the state (h_0 in, h_T out); w [gates*H, H]; hh [B, gates*H].
+// The forward loop as one persistent kernel. Returns whether it ran; when it cannot run here it
+// does nothing (algo='persistent': raises). h [B, H] the state (h_0 in, h_T out);
+// w [gates*H, H]; hh [B, gates*H].
 template <class StepAt>
-const char* persistent_forward(int64_t T, bool reverse, int64_t gates, const Tensor& h, const Tensor& w,
-                        const Tensor& hh, const StepAt& step_at) {
+bool persistent_forward(Algo algo, int64_t T, bool reverse, int64_t gates, const Tensor& h,
+                        const Tensor& w, const Tensor& hh, const StepAt& step_at) {
   using Step = decltype(step_at(int64_t{0}));
   using scalar_t = typename Step::scalar_type;
   const int64_t B = h.size(0), H = h.size(1);
-  if (B == 0) return nullptr;  // nothing to compute
-  if (const char* reason = persistent_declined_now()) return reason;
+  if (B == 0) return true;  // nothing to compute
+  if (!persistent_allowed_now(algo)) return false;
   const PersistentPlan plan = plan_persistent_forward<Step>(B, H, gates);
-  if (plan.blocks == 0) return kDoesNotFit;
+  if (!plan_fits(algo, plan)) return false;
   const Tensor other = at::empty_like(h);  // [B, H] the state of every other step
   scalar_t* state[2] = {h.data_ptr<scalar_t>(), other.data_ptr<scalar_t>()};
   std::vector<Step> steps;
@@ -104,21 +113,21 @@ const char* persistent_forward(int64_t T, bool reverse, int64_t gates, const Ten
   args.gates = gates;
   launch_persistent_forward(args, plan);
   if (T % 2 == 1) h.copy_(other);  // h_T was written to the second buffer
-  return nullptr;
+  return true;
 }
 
 // The backward loop as one persistent kernel; returns as persistent_forward. dh [B, H];
 // d_pre [T, B, gates*H] (what the steps write and W_hh multiplies); w [gates*H, H].
 template <class StepAt>
-const char* persistent_backward(int64_t T, bool reverse, int64_t gates, const Tensor& dh,
+bool persistent_backward(Algo algo, int64_t T, bool reverse, int64_t gates, const Tensor& dh,
                          const Tensor& d_pre, const Tensor& w, const StepAt& step_at) {
   using Step = decltype(step_at(int64_t{0}));
   using scalar_t = typename Step::scalar_type;
   const int64_t B = dh.size(0), H = dh.size(1);
-  if (B == 0) return nullptr;
-  if (const char* reason = persistent_declined_now()) return reason;
+  if (B == 0) return true;
+  if (!persistent_allowed_now(algo)) return false;
   const PersistentPlan plan = plan_persistent_backward<Step>(B, H, gates);
-  if (plan.blocks == 0) return kDoesNotFit;
+  if (!plan_fits(algo, plan)) return false;
   std::vector<Step> steps;
   steps.reserve(T);
   for (int64_t i = 0; i < T; ++i) steps.push_back(step_at(time_at(T - 1 - i, T, reverse)));
@@ -134,7 +143,7 @@ const char* persistent_backward(int64_t T, bool reverse, int64_t gates, const Te
   args.gates = gates;
   args.reverse = reverse;
   launch_persistent_backward(args, plan);
-  return nullptr;
+  return true;
 }
 #endif
 

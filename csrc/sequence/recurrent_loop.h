@@ -43,10 +43,8 @@ void forward_loop(int64_t T, bool reverse, int64_t gates, const Tensor& h, const
   using Step = decltype(step_at(int64_t{0}));
   const bool persistent = use_persistent(algo, h, H, dropout);
 #ifdef FUSED_RNN_WITH_CUDA
-  if (persistent && h.is_cuda()) {
-    const char* declined = persistent_forward(T, reverse, gates, h, w, hh, step_at);
-    if (!declined) return;
-    require_not_persistent(algo, declined);
+  if (persistent && h.is_cuda() && persistent_forward(algo, T, reverse, gates, h, w, hh, step_at)) {
+    return;
   }
 #endif
   if constexpr (std::is_same_v<typename Step::scalar_type, float>) {
@@ -105,10 +103,9 @@ void backward_loop(int64_t T, bool reverse, int64_t gates, const Tensor& dh, con
   using Step = decltype(step_at(int64_t{0}));
   const bool persistent = use_persistent(algo, dh, H, dropout);
 #ifdef FUSED_RNN_WITH_CUDA
-  if (persistent && dh.is_cuda()) {
-    const char* declined = persistent_backward(T, reverse, gates, dh, d_pre, w, step_at);
-    if (!declined) return;
-    require_not_persistent(algo, declined);
+  if (persistent && dh.is_cuda() &&
+      persistent_backward(algo, T, reverse, gates, dh, d_pre, w, step_at)) {
+    return;
   }
 #endif
   if constexpr (std::is_same_v<typename Step::scalar_type, float>) {
