@@ -1,0 +1,45 @@
+"""First contact with the persistent CUDA kernels (csrc/cuda/persistent.cuh): each cell they run,
+forward and backward in float32, one block and many blocks, against algo='stepwise'. It names
+each case before running it, so that when a kernel hangs (a grid barrier some block never
+reaches) and tools/gpu_check.sh's timeout kills the process, the log says which one. Exits
+non-zero on any mismatch; gpu_check then leaves the persistent algorithm out of its later stages."""
+import sys
+
+import torch
+
+sys.path.insert(0, "tests")
+from cases import make_case, outputs_and_grads  # noqa: E402
+
+CELLS = ["rnn_tanh", "lstm", "peephole_lstm", "gru"]
+# (T, B, I, H): one block of 1 unit, several blocks with a partial last one, batch chunks.
+SHAPES = [(4, 3, 5, 16), (6, 40, 8, 301), (3, 200, 16, 1024)]
+
+
+def relative_error(a, b):
+    return ((a.double().cpu() - b.double().cpu()).norm() / b.double().cpu().norm().clamp_min(1e-30)).item()
+
+
+def main() -> int:
+    torch.manual_seed(0)
+    failures = 0
+    for shape in SHAPES:
+        for cell in CELLS:
+            print(f"running {cell} T,B,I,H={shape} ...", end=" ", flush=True)
+            case = make_case(cell, *shape, dtype=torch.float32, device="cuda",
+                             lengths=torch.randint(0, shape[0] + 1, (shape[1],)))
+            results = {}
+            for algo in ("stepwise", "persistent"):
+                case.algo = algo
+                results[algo] = outputs_and_grads(case, "fused")
+            torch.cuda.synchronize()
+            worst = max(relative_error(a, b) for a, b in zip(results["persistent"][0] + results["persistent"][1],
+                                                              results["stepwise"][0] + results["stepwise"][1]))
+            ok = worst < 1e-4
+            failures += not ok
+            print(f"max rel err vs stepwise {worst:.2e} {'ok' if ok else 'MISMATCH'}", flush=True)
+    print("persistent smoke done, mismatches:", failures)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
