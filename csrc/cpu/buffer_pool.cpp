@@ -7,6 +7,8 @@
 #include <map>
 #include <mutex>
 
+#include "fused_rnn/check_message.h"
+
 namespace fused_rnn {
 namespace cpu {
 namespace {
@@ -32,7 +34,8 @@ class Pool {
       }
     }
     void* block = std::aligned_alloc(64, static_cast<size_t>(bytes));
-    TORCH_CHECK(block != nullptr, "fused_rnn: out of memory allocating ", bytes, " bytes");
+    TORCH_CHECK(block != nullptr,
+                message("fused_rnn: out of memory allocating ", bytes, " bytes"));
     const std::lock_guard<std::mutex> lock(mutex_);
     size_of_[block] = bytes;
     return block;

@@ -38,7 +38,8 @@ PackedMatrix::PackedMatrix(const float* src, int64_t stride_k, int64_t stride_n,
   // aligned_alloc wants a multiple of the alignment; one extra vector keeps it non-zero.
   const size_t bytes = static_cast<size_t>(total + kChunk) * sizeof(float);
   data_.reset(static_cast<float*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)));
-  TORCH_CHECK(data_ != nullptr, "fused_rnn: could not allocate ", bytes, " bytes for packed weights");
+  TORCH_CHECK(data_ != nullptr,
+              message("fused_rnn: could not allocate ", bytes, " bytes for packed weights"));
   at::parallel_for(0, panels(), 1, [&](int64_t panel_begin, int64_t panel_end) {
     for (int64_t p = panel_begin; p < panel_end; ++p) {
       float* dst = data_.get() + panel_offset_[p];

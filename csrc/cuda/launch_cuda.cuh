@@ -24,8 +24,8 @@ __global__ void step_kernel(const Step step, int32_t count, int32_t cols) {
 template <class Step>
 void launch_cuda(const Step& step, int64_t rows, int64_t cols) {
   const int64_t count = rows * cols;
-  TORCH_CHECK(count < (int64_t{1} << 31), "fused_rnn: B * hidden_size = ", count,
-              " is too large for one step (limit 2^31)");
+  TORCH_CHECK(count < (int64_t{1} << 31), message("fused_rnn: B * hidden_size = ", count,
+                                                  " is too large for one step (limit 2^31)"));
   constexpr int kThreads = 256;
   const int64_t blocks = std::min<int64_t>((count + kThreads - 1) / kThreads, 1 << 16);
   step_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(

@@ -11,39 +11,35 @@ Algo parse_algo(c10::string_view name) {
   if (name == "auto") return Algo::kAuto;
   if (name == "stepwise") return Algo::kStepwise;
   TORCH_CHECK_VALUE(name == "persistent",
-                    "fused_rnn: algo must be 'auto', 'stepwise' or 'persistent', got '",
-                    std::string(name), "'");
+                    message("fused_rnn: algo must be 'auto', 'stepwise' or 'persistent', got '",
+                            std::string(name), "'"));
   return Algo::kPersistent;
-}
-
-std::string shape_string(at::IntArrayRef shape) {
-  std::string text = "[";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    text += (i ? ", " : "") + std::to_string(shape[i]);
-  }
-  return text + "]";
 }
 
 void check_like(const Tensor& tensor, const char* name, const std::vector<int64_t>& shape,
                 const Tensor& x_proj) {
-  TORCH_CHECK(tensor.sizes().vec() == shape, "fused_rnn: ", name, " must have shape ",
-              shape_string(shape), ", got ", shape_string(tensor.sizes()));
-  TORCH_CHECK(tensor.scalar_type() == x_proj.scalar_type(), "fused_rnn: ", name, " has dtype ",
-              tensor.scalar_type(), " but the input has dtype ", x_proj.scalar_type());
-  TORCH_CHECK(tensor.device() == x_proj.device(), "fused_rnn: ", name, " is on ", tensor.device(),
-              " but the input is on ", x_proj.device());
+  TORCH_CHECK(tensor.sizes().vec() == shape,
+              message("fused_rnn: ", name, " must have shape ", shape, ", got ", tensor.sizes()));
+  TORCH_CHECK(tensor.scalar_type() == x_proj.scalar_type(),
+              message("fused_rnn: ", name, " has dtype ", tensor.scalar_type(),
+                      " but the input has dtype ", x_proj.scalar_type()));
+  TORCH_CHECK(tensor.device() == x_proj.device(),
+              message("fused_rnn: ", name, " is on ", tensor.device(), " but the input is on ",
+                      x_proj.device()));
 }
 
 int64_t check_sequence_args(const Tensor& x_proj, const Tensor& h0, const Tensor& w_hh,
                             const OptTensor& b_hh, const OptTensor& lengths, int64_t gates,
                             c10::optional<int64_t> state_size) {
-  TORCH_CHECK(x_proj.dim() == 3, "fused_rnn: x_proj must be 3-D [T, B, ", gates,
-              "*H], got shape ", shape_string(x_proj.sizes()));
+  TORCH_CHECK(x_proj.dim() == 3, message("fused_rnn: x_proj must be 3-D [T, B, ", gates,
+                                         "*H], got shape ", x_proj.sizes()));
   TORCH_CHECK(at::isFloatingType(x_proj.scalar_type()),
-              "fused_rnn: x_proj must be a floating-point tensor, got ", x_proj.scalar_type());
+              message("fused_rnn: x_proj must be a floating-point tensor, got ",
+                      x_proj.scalar_type()));
   TORCH_CHECK(x_proj.size(0) > 0, "fused_rnn: the sequence must have at least one time step");
-  TORCH_CHECK(x_proj.size(2) % gates == 0, "fused_rnn: x_proj's last dimension (", x_proj.size(2),
-              ") must be a multiple of ", gates, " (gates of this cell)");
+  TORCH_CHECK(x_proj.size(2) % gates == 0,
+              message("fused_rnn: x_proj's last dimension (", x_proj.size(2),
+                      ") must be a multiple of ", gates, " (gates of this cell)"));
   const int64_t B = x_proj.size(1);
   const int64_t H = x_proj.size(2) / gates;
   const int64_t P = state_size.value_or(H);
@@ -52,12 +48,14 @@ int64_t check_sequence_args(const Tensor& x_proj, const Tensor& h0, const Tensor
   if (b_hh.has_value()) check_like(*b_hh, "b_hh", {gates * H}, x_proj);
   if (lengths.has_value()) {
     const Tensor& len = *lengths;
-    TORCH_CHECK(len.scalar_type() == at::kLong, "fused_rnn: lengths must be int64, got ",
-                len.scalar_type());
-    TORCH_CHECK(len.dim() == 1 && len.size(0) == B, "fused_rnn: lengths must have shape [", B,
-                "] (one entry per sequence), got ", shape_string(len.sizes()));
-    TORCH_CHECK(len.device() == x_proj.device(), "fused_rnn: lengths is on ", len.device(),
-                " but the input is on ", x_proj.device());
+    TORCH_CHECK(len.scalar_type() == at::kLong,
+                message("fused_rnn: lengths must be int64, got ", len.scalar_type()));
+    TORCH_CHECK(len.dim() == 1 && len.size(0) == B,
+                message("fused_rnn: lengths must have shape [", B,
+                        "] (one entry per sequence), got ", len.sizes()));
+    TORCH_CHECK(len.device() == x_proj.device(),
+                message("fused_rnn: lengths is on ", len.device(), " but the input is on ",
+                        x_proj.device()));
     TORCH_CHECK(len.is_contiguous(), "fused_rnn: lengths must be contiguous");
     if (len.device().is_cpu() && B > 0) {
       // On the GPU this check would cost a host synchronisation; fused_rnn.functional checks
@@ -65,8 +63,9 @@ int64_t check_sequence_args(const Tensor& x_proj, const Tensor& h0, const Tensor
       const auto bounds = at::aminmax(len);
       const int64_t low = std::get<0>(bounds).item<int64_t>();
       const int64_t high = std::get<1>(bounds).item<int64_t>();
-      TORCH_CHECK(low >= 0 && high <= x_proj.size(0), "fused_rnn: lengths must lie in [0, T=",
-                  x_proj.size(0), "], got values in [", low, ", ", high, "]");
+      TORCH_CHECK(low >= 0 && high <= x_proj.size(0),
+                  message("fused_rnn: lengths must lie in [0, T=", x_proj.size(0),
+                          "], got values in [", low, ", ", high, "]"));
     }
   }
   return H;

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "fused_rnn/check_message.h"
 #include "fused_rnn/persistent.h"
 
 namespace fused_rnn {
@@ -39,10 +40,6 @@ int64_t check_sequence_args(const Tensor& x_proj, const Tensor& h0, const Tensor
 // Checks that `tensor` (named `name`) has exactly `shape`, x_proj's dtype and device.
 void check_like(const Tensor& tensor, const char* name, const std::vector<int64_t>& shape,
                 const Tensor& x_proj);
-
-// "[2, 3]": shapes are formatted here rather than by streaming an ArrayRef into TORCH_CHECK,
-// which crashed the process (instead of raising) with torch 2.11 on the GPU machine.
-std::string shape_string(at::IntArrayRef shape);
 
 // The state each step started from, [T, B, X], given the per-step states or outputs `states`
 // [T, B, X] (outputs are 0 where masked) and the initial state [B, X]:

@@ -3,6 +3,7 @@
 #include <c10/util/Exception.h>
 
 #include "../cpu/packed_gemm.h"
+#include "fused_rnn/check_message.h"
 #include "common.h"
 #include "fused_rnn/launch.h"
 
@@ -10,9 +11,9 @@ namespace fused_rnn {
 namespace {
 
 void check_rows(const at::Tensor& t, const char* name) {
-  TORCH_INTERNAL_ASSERT(t.dim() == 2 && (t.size(1) <= 1 || t.stride(1) == 1), "fused_rnn: GEMM ",
-                        name, " must be a row-major matrix, got sizes ", shape_string(t.sizes()),
-                        " strides ", shape_string(t.strides()));
+  TORCH_INTERNAL_ASSERT(t.dim() == 2 && (t.size(1) <= 1 || t.stride(1) == 1),
+                        message("fused_rnn: GEMM ", name, " must be a row-major matrix, got sizes ",
+                                t.sizes(), " strides ", t.strides()));
 }
 
 void gemm(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool b_transposed,
@@ -46,15 +47,15 @@ bool use_packed_gemm(const at::Tensor& x, const at::Tensor& w) {
 
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b) {
   TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1),
-              "fused_rnn.linear: x must be [M, K] and w [N, K], got x ", shape_string(x.sizes()),
-              " and w ", shape_string(w.sizes()));
+              message("fused_rnn.linear: x must be [M, K] and w [N, K], got x ", x.sizes(),
+                      " and w ", w.sizes()));
   TORCH_CHECK(x.scalar_type() == w.scalar_type() && x.device() == w.device(),
               "fused_rnn.linear: w must have x's dtype and device");
   if (b.has_value()) {
     TORCH_CHECK(b->dim() == 1 && b->size(0) == w.size(0) && b->scalar_type() == x.scalar_type() &&
                     b->device() == x.device(),
-                "fused_rnn.linear: b must be [", w.size(0), "] with x's dtype and device, got ",
-                shape_string(b->sizes()));
+                message("fused_rnn.linear: b must be [", w.size(0),
+                        "] with x's dtype and device, got ", b->sizes()));
   }
   if (!use_packed_gemm(x, w)) return b.has_value() ? at::addmm(*b, x, w.t()) : at::mm(x, w.t());
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);

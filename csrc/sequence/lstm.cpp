@@ -17,14 +17,13 @@ namespace {
 int64_t check_lstm_args(const Tensor& x_proj, const Tensor& c0, const OptTensor& w_ch,
                         const OptTensor& w_hr) {
   TORCH_CHECK(x_proj.dim() == 3 && x_proj.size(2) % 4 == 0,
-              "fused_rnn: x_proj must be 3-D [T, B, 4*H], got shape ", shape_string(x_proj.sizes()));
+              message("fused_rnn: x_proj must be 3-D [T, B, 4*H], got shape ", x_proj.sizes()));
   const int64_t B = x_proj.size(1), H = x_proj.size(2) / 4;
   check_like(c0, "c0", {B, H}, x_proj);
   if (w_ch.has_value()) check_like(*w_ch, "w_ch", {3 * H}, x_proj);
   if (!w_hr.has_value()) return H;
   TORCH_CHECK(w_hr->dim() == 2 && w_hr->size(1) == H,
-              "fused_rnn: w_hr must have shape [proj_size, ", H, "], got ",
-              shape_string(w_hr->sizes()));
+              message("fused_rnn: w_hr must have shape [proj_size, ", H, "], got ", w_hr->sizes()));
   check_like(*w_hr, "w_hr", {w_hr->size(0), H}, x_proj);
   return w_hr->size(0);
 }
@@ -117,7 +116,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   const auto opts = gates_in.options();
   const auto c_type = cell_state_type(gates_in);
   TORCH_CHECK(c_all_in.sizes() == at::IntArrayRef({T, B, H}) && c_all_in.scalar_type() == c_type,
-              "fused_rnn: c_all must be [", T, ", ", B, ", ", H, "] of dtype ", c_type);
+              message("fused_rnn: c_all must be [", T, ", ", B, ", ", H, "] of dtype ", c_type));
   const Tensor y = y_in.contiguous();            // [T, B, P]
   const Tensor grad_y = grad_y_in.contiguous();  // [T, B, P]
   const Tensor gates = gates_in.contiguous();    // [T, B, 4H]

@@ -43,8 +43,9 @@ inline const char* persistent_unavailable(const Tensor& state, int64_t H,
 
 // Raises when algo='persistent' asks for what the persistent algorithm cannot do (`reason`).
 inline void require_not_persistent(Algo algo, const char* reason) {
-  TORCH_CHECK_VALUE(algo != Algo::kPersistent, "fused_rnn: algo='persistent' cannot run ", reason,
-                    "; use algo='auto' or 'stepwise'");
+  TORCH_CHECK_VALUE(algo != Algo::kPersistent,
+                    message("fused_rnn: algo='persistent' cannot run ", reason,
+                            "; use algo='auto' or 'stepwise'"));
 }
 
 #ifdef FUSED_RNN_WITH_CUDA

@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "fused_rnn/check_message.h"
+
 namespace fused_rnn {
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -68,7 +70,7 @@ void launch_step(const Step& step, int64_t rows, int64_t cols, const c10::Device
 #ifdef FUSED_RNN_WITH_CUDA
   if (device.is_cuda()) return launch_cuda(step, rows, cols);
 #endif
-  TORCH_CHECK(false, "fused_rnn: no kernels for device ", device, " in this build");
+  TORCH_CHECK(false, message("fused_rnn: no kernels for device ", device, " in this build"));
 }
 
 }  // namespace fused_rnn
