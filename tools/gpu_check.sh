@@ -4,13 +4,14 @@
 # output folder as the run goes, so a cut-off run still leaves what it did.
 #   usage: bash tools/gpu_check.sh OUT_DIR [GIT_COMMIT]
 # Run with the device tool: bash tools/gpu_check.sh $OUT <commit>
+# GPU_CHECK_STAGES="build tests ..." runs only the stages named (default: all of them).
 set -u
 OUT=${1:?usage: gpu_check.sh OUT_DIR [GIT_COMMIT]}
 COMMIT=${2:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 PY=${PYTHON:-python3}
-# $OUT gets only what is worth keeping (the device tool brings back at most 8 files): the log,
-# the results JSON and the benchmark outputs (log + report, JSON + PNG of the quick and the
-# workloads runs, the persistent run's JSON, pipeline.json: 8). Scratch (junit, stage list) stays in $WORK.
+# $OUT gets only what is worth keeping (the device tool brings back at most 8 files): the log and
+# the results JSON, the JSON of the persistent, auto-limits and quick benchmark runs,
+# pipeline.json, the JSON and PNG of the workloads run: 8. Scratch (junit, stage list) stays in $WORK.
 WORK=$(mktemp -d)
 mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"
@@ -20,6 +21,9 @@ export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_
 
 stage() {  # stage NAME SECONDS COMMAND...: run, log, record "NAME rc seconds"
   local name=$1 limit=$2; shift 2
+  if [ "${GPU_CHECK_STAGES:-all}" != all ] && [[ " $GPU_CHECK_STAGES " != *" $name "* ]]; then
+    return 0
+  fi
   local start=$SECONDS
   echo "===== $name (limit ${limit}s): $*" | tee -a "$LOG"
   timeout "$limit" "$@" >> "$LOG" 2>&1
@@ -37,6 +41,10 @@ PARALLEL=()
 
 stage environment 30 nvidia-smi
 stage build 150 "$PY" -m pip install --no-build-isolation --no-deps -v -e . || exit 1
+# Which C++ runtime the extension links and the process loads (argument checks that streamed
+# numbers crashed here: see csrc/include/fused_rnn/check_message.h).
+stage toolchain 20 bash -c "g++ --version | head -1; ldd fused_rnn/_C*.so | grep -E 'stdc|gcc_s|gomp'; \
+  $PY -c \"import torch, fused_rnn; print(sorted({l.split()[-1] for l in open('/proc/self/maps') if 'stdc++' in l or 'gcc_s' in l}))\""
 # The persistent kernels' first contact, alone and short: a kernel that hangs at a grid barrier
 # costs this stage's limit, not the test stage's, and the later stages then leave it out.
 PERSISTENT_OK=1
@@ -50,13 +58,19 @@ fi
 stage tests 180 "$PY" -m pytest tests -q "${PARALLEL[@]}" "${DESELECT[@]}" --junitxml="$WORK/junit.xml" -p no:cacheprovider
 stage memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" tools/sanitizer_workload.py "${SANITIZER_ARGS[@]}"
 stage racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 9 "$PY" tools/sanitizer_workload.py "${SANITIZER_ARGS[@]}"
-# Most wanted first (a run cut short keeps what it did): every cell on `mid` with peak memory,
-# the two algorithms side by side where the persistent kernel is meant to win (issue 6), the
-# one-GPU pipelining overhead (issue 7), then LSTM and GRU on the other workloads.
-stage benchmark_quick 45 "$PY" -m benchmarks --quick --device cuda --out "$OUT"
+# Most wanted first (a run cut short keeps what it did): the two algorithms and auto side by
+# side where the persistent kernel is meant to win (issue 6), then where it stops paying, every
+# cell on `mid` with peak memory (issue 5), the one-GPU pipelining overhead (issue 7), then LSTM
+# and GRU on the other workloads.
 [ $PERSISTENT_OK = 1 ] && stage benchmark_persistent 90 "$PY" -m benchmarks --device cuda --cells lstm,gru,rnn_tanh,peephole_lstm \
   --workloads small_batch,mid,long_tiny --dtypes fp32,bf16 \
-  --contenders fused_stepwise,fused_persistent,torch.nn --no-plot --out "$OUT"
+  --contenders fused,fused_stepwise,fused_persistent,torch.nn --no-plot --out "$OUT"
+# Where the persistent kernel stops paying (auto's limits in csrc/sequence/persistent_loop.h).
+[ $PERSISTENT_OK = 1 ] && stage benchmark_auto_limits 60 "$PY" -m benchmarks --device cuda --cells lstm,gru \
+  --workloads deepbench_1024,large_batch,big_h --dtypes fp32,bf16 \
+  --contenders fused,fused_stepwise,fused_persistent,torch.nn --no-plot --out "$OUT"
+# Every cell on `mid`, with peak memory (issue 5).
+stage benchmark_quick 45 "$PY" -m benchmarks --quick --device cuda --no-plot --out "$OUT"
 stage benchmark_pipeline 30 "$PY" -m benchmarks.pipeline --device cuda --json "$OUT/pipeline.json"
 stage benchmark_workloads 90 "$PY" -m benchmarks --device cuda --cells lstm,gru \
   --workloads small_batch,deepbench_1024,big_h,long_tiny,large_batch --dtypes fp32,bf16 \

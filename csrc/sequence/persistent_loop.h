@@ -21,9 +21,24 @@
 
 namespace fused_rnn {
 
-// Whether `auto` picks the persistent CUDA kernels where they fit. Off until they have been
-// verified and measured on a GPU (issue 6); until then only algo='persistent' runs them.
-constexpr bool kAutoPersistentOnCuda = false;
+#ifdef FUSED_RNN_WITH_CUDA
+// Where `auto` takes the persistent CUDA kernel (if its plan then fits): while the multiply-adds
+// one block does per step, B * gates * units * H, stay under these. Past them, one block's
+// FFMA from shared memory loses to the stepwise path's cuBLAS GEMM (tensor cores for half
+// types) despite that path's two launches a step. Set from the H200 runs of tools/gpu_check.sh
+// (docs/persistent.md has the figures).
+constexpr int64_t kAutoPersistentMaxWorkFloat = int64_t{4} << 20;  // float32, float64
+constexpr int64_t kAutoPersistentMaxWorkHalf = int64_t{1} << 20;   // float16, bfloat16
+
+inline bool auto_picks_persistent_on_cuda(const Tensor& state, int64_t H, int64_t gates) {
+  int multiprocessors = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount,
+                                        state.device().index()));
+  const int64_t work = state.size(0) * gates * persistent_units_per_block(H, multiprocessors) * H;
+  const bool half = state.scalar_type() == at::kHalf || state.scalar_type() == at::kBFloat16;
+  return work <= (half ? kAutoPersistentMaxWorkHalf : kAutoPersistentMaxWorkFloat);
+}
+#endif
 
 // Why the persistent algorithm cannot run a sequence with state [B, P], hidden size H and
 // `dropout`, or nullptr when it can (CUDA: as far as these go; the kernel's plan then checks

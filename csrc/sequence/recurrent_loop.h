@@ -19,16 +19,23 @@
 
 namespace fused_rnn {
 
-// Whether the persistent algorithm runs a sequence with state [B, P] and hidden size H; raises
-// for algo='persistent' where it cannot. `auto` takes it on the CPU wherever it can run, on CUDA
-// where kAutoPersistentOnCuda says so (the kernel's plan may still decline the shape).
-inline bool use_persistent(Algo algo, const Tensor& state, int64_t H, const StateDropout& dropout) {
+// Whether the persistent algorithm runs a sequence with state [B, P], hidden size H and `gates`
+// gates; raises for algo='persistent' where it cannot. `auto` takes it on the CPU wherever it can
+// run, on CUDA for the shapes auto_picks_persistent_on_cuda names (the kernel's plan may still
+// decline the shape).
+inline bool use_persistent(Algo algo, const Tensor& state, int64_t H, int64_t gates,
+                           const StateDropout& dropout) {
   if (algo == Algo::kStepwise) return false;
   if (const char* reason = persistent_unavailable(state, H, dropout)) {
     require_not_persistent(algo, reason);
     return false;
   }
-  return state.is_cpu() || algo == Algo::kPersistent || kAutoPersistentOnCuda;
+  if (state.is_cpu() || algo == Algo::kPersistent) return true;
+#ifdef FUSED_RNN_WITH_CUDA
+  return auto_picks_persistent_on_cuda(state, H, gates);
+#else
+  return false;
+#endif
 }
 
 // Forward over steps s = 0 .. T-1 (time t = time_at(s, T, reverse)):
@@ -41,7 +48,7 @@ void forward_loop(int64_t T, bool reverse, int64_t gates, const Tensor& h, const
                   const Tensor& hh, StateDropout& dropout, Algo algo, const StepAt& step_at) {
   const int64_t B = h.size(0), P = h.size(1), H = w.size(0) / gates;
   using Step = decltype(step_at(int64_t{0}));
-  const bool persistent = use_persistent(algo, h, H, dropout);
+  const bool persistent = use_persistent(algo, h, H, gates, dropout);
 #ifdef FUSED_RNN_WITH_CUDA
   if (persistent && h.is_cuda() && persistent_forward(algo, T, reverse, gates, h, w, hh, step_at)) {
     return;
@@ -101,7 +108,7 @@ void backward_loop(int64_t T, bool reverse, int64_t gates, const Tensor& dh, con
                    const Tensor& w, StateDropout& dropout, Algo algo, const StepAt& step_at) {
   const int64_t B = dh.size(0), P = dh.size(1), H = w.size(0) / gates;
   using Step = decltype(step_at(int64_t{0}));
-  const bool persistent = use_persistent(algo, dh, H, dropout);
+  const bool persistent = use_persistent(algo, dh, H, gates, dropout);
 #ifdef FUSED_RNN_WITH_CUDA
   if (persistent && dh.is_cuda() &&
       persistent_backward(algo, T, reverse, gates, dh, d_pre, w, step_at)) {

@@ -36,6 +36,11 @@ constexpr int kPersistentThreads = 256;  // threads per block
 constexpr int kTileRows = 4;             // W_hh rows per thread tile of the dot products
 constexpr int kTileBatch = 4;            // batch rows per thread tile
 
+// Hidden units per block: the units are spread over at most one block per multiprocessor.
+inline int64_t persistent_units_per_block(int64_t H, int64_t multiprocessors) {
+  return (H + multiprocessors - 1) / multiprocessors;
+}
+
 // How the persistent kernel splits one sequence; blocks == 0 when it cannot run here (W_hh's
 // slice does not fit in shared memory, or the blocks cannot all be resident at once).
 struct PersistentPlan {
