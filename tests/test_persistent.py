@@ -110,6 +110,23 @@ def test_cuda_refuses_what_does_not_fit_in_shared_memory():
 
 @pytest.mark.cuda
 @needs_cuda
+@pytest.mark.parametrize("batch, hidden, dtype, persistent", [
+    (8, 128, torch.float32, True),       # long_tiny: a few thousand multiply-adds per block-step
+    (256, 1024, torch.bfloat16, False),  # large_batch: cuBLAS's tensor cores win
+], ids=["small", "large"])
+def test_cuda_auto_picks_by_work_per_block(batch, hidden, dtype, persistent):
+    """auto's choice (auto_picks_persistent_on_cuda), seen in the kernels that ran."""
+    case = make_case("lstm", 3, batch, 16, hidden, dtype=dtype, device="cuda", requires_grad=False)
+    case.run()  # warm up outside the profiler
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        case.run()
+        torch.cuda.synchronize()
+    kernels = [event.name for event in prof.events()]
+    assert any("persistent" in name for name in kernels) == persistent, kernels
+
+
+@pytest.mark.cuda
+@needs_cuda
 def test_cuda_refuses_graph_capture():
     case = make_case("gru", 3, 2, 4, 16, dtype=torch.float32, device="cuda", requires_grad=False)
     case = _with_algo(case, "persistent")

@@ -69,6 +69,9 @@ stage racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 9 "$PY" t
 [ $PERSISTENT_OK = 1 ] && stage benchmark_auto_limits 60 "$PY" -m benchmarks --device cuda --cells lstm,gru \
   --workloads deepbench_1024,large_batch,big_h --dtypes fp32,bf16 \
   --contenders fused,fused_stepwise,fused_persistent,torch.nn --no-plot --out "$OUT"
+# The floor of a persistent step: one grid barrier (by blocks) or cluster barrier (by size).
+stage barrier_bench 40 bash -c "nvcc -O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 \
+  -o $WORK/barrier_bench tools/barrier_bench.cu && $WORK/barrier_bench"
 # Every cell on `mid`, with peak memory (issue 5).
 stage benchmark_quick 45 "$PY" -m benchmarks --quick --device cuda --no-plot --out "$OUT"
 stage benchmark_pipeline 30 "$PY" -m benchmarks.pipeline --device cuda --json "$OUT/pipeline.json"
