@@ -191,7 +191,7 @@ struct BlockUnits {
 };
 
 template <class Step>
-__global__ void __launch_bounds__(kPersistentThreads)
+__global__ void __launch_bounds__(kPersistentThreads, 1)
     forward_kernel(const PersistentForwardArgs<Step> a, const PersistentPlan plan) {
   using scalar_t = typename Step::scalar_type;
   using acc_t = at::opmath_type<scalar_t>;
@@ -240,7 +240,7 @@ __global__ void __launch_bounds__(kPersistentThreads)
 }
 
 template <class Step>
-__global__ void __launch_bounds__(kPersistentThreads)
+__global__ void __launch_bounds__(kPersistentThreads, 1)
     backward_kernel(const PersistentBackwardArgs<Step> a, const PersistentPlan plan) {
   using scalar_t = typename Step::scalar_type;
   using acc_t = at::opmath_type<scalar_t>;

@@ -32,7 +32,7 @@ namespace fused_rnn {
 //   auto:       persistent where it can run and is expected to be faster, else stepwise.
 enum class Algo { kAuto, kStepwise, kPersistent };
 
-constexpr int kPersistentThreads = 256;  // threads per block
+constexpr int kPersistentThreads = 256;  // threads per block (one block per SM: up to 255 registers each)
 constexpr int kTileRows = 4;             // W_hh rows per thread tile of the dot products
 constexpr int kTileBatch = 4;            // batch rows per thread tile
 
