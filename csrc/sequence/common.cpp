@@ -2,6 +2,9 @@
 
 #include <c10/util/Exception.h>
 
+#include <cstdlib>
+#include <string>
+
 #include "../cpu/buffer_pool.h"
 #include "gemm.h"
 
@@ -71,8 +74,19 @@ int64_t check_sequence_args(const Tensor& x_proj, const Tensor& h0, const Tensor
   return H;
 }
 
+namespace {
+// FUSED_RNN_CPU_BUFFER_POOL=0 turns the CPU pool off: sequence buffers then come from
+// at::empty like every other tensor, so torch's profiler (profile_memory) sees and accounts
+// them, as the CUDA caching allocator's statistics do on the GPU (tests/test_backward_memory.py).
+bool cpu_pool_enabled() {
+  const char* value = std::getenv("FUSED_RNN_CPU_BUFFER_POOL");
+  return value == nullptr || std::string(value) != "0";
+}
+}  // namespace
+
 Tensor sequence_buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  return options.device().is_cpu() ? cpu::pooled_empty(sizes, options) : at::empty(sizes, options);
+  return options.device().is_cpu() && cpu_pool_enabled() ? cpu::pooled_empty(sizes, options)
+                                                         : at::empty(sizes, options);
 }
 
 Tensor previous_states(const Tensor& states, const Tensor& initial, const OptTensor& lengths,
