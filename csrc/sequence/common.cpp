@@ -1,5 +1,6 @@
 #include "common.h"
 
+#include <ATen/OpMathType.h>
 #include <c10/util/Exception.h>
 
 #include <cstdlib>
@@ -87,6 +88,31 @@ bool cpu_pool_enabled() {
 Tensor sequence_buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
   return options.device().is_cpu() && cpu_pool_enabled() ? cpu::pooled_empty(sizes, options)
                                                          : at::empty(sizes, options);
+}
+
+Tensor column_sums(const Tensor& d_pre) {
+  const int64_t N = d_pre.size(-1);
+  const auto acc = at::toOpMathType(d_pre.scalar_type());
+  if (N == 0 || (d_pre.is_cpu() && acc != d_pre.scalar_type())) {
+    // The CPU reduction never stages partial sums, and it accumulates half types in float
+    // anyway, whereas asking it for a float result would first copy all of d_pre to float.
+    std::vector<int64_t> dims(d_pre.dim() - 1);
+    for (int64_t d = 0; d + 1 < d_pre.dim(); ++d) dims[d] = d;
+    return d_pre.sum(dims);
+  }
+  Tensor rows = d_pre.reshape({-1, N});  // [R, N] (a view: the callers' d_pre are contiguous)
+  // Each pass sums groups of kColumnSumRows rows (and the leftover rows) into one row each.
+  while (rows.size(0) > kColumnSumRows) {
+    const int64_t R = rows.size(0), whole = R / kColumnSumRows * kColumnSumRows;
+    Tensor sums = rows.narrow(0, 0, whole)
+                      .reshape({whole / kColumnSumRows, kColumnSumRows, N})
+                      .sum(1, /*keepdim=*/false, acc);
+    if (whole < R) {
+      sums = at::cat({sums, rows.narrow(0, whole, R - whole).sum(0, /*keepdim=*/true, acc)}, 0);
+    }
+    rows = sums;
+  }
+  return rows.sum(0, /*keepdim=*/false, acc).to(d_pre.scalar_type());
 }
 
 Tensor previous_states(const Tensor& states, const Tensor& initial, const OptTensor& lengths,

@@ -62,6 +62,15 @@ inline Tensor their_previous_steps(const Tensor& sequence, bool reverse) {
   return sequence.narrow(0, reverse ? 1 : 0, sequence.size(0) - 1);
 }
 
+// Σ of `d_pre` [..., N] over every dimension but the last -> [N] in d_pre's dtype, accumulated
+// in its op-math type (float for half types): the bias and peephole gradients. Not one at::sum
+// over all T·B rows: CUDA's reduction splits that many rows per output across blocks and stages
+// their partial sums in a temporary of 4 · N · blocks · 128 bytes, which for LSTM `mid` (N = 2048,
+// 100 blocks) is 100 MiB, twice the saved gates; passes of at most kColumnSumRows rows per
+// output never split.
+Tensor column_sums(const Tensor& d_pre);
+constexpr int64_t kColumnSumRows = 256;
+
 class StateDropout;
 
 // The recurrent weight's gradient Σ_t d_pre[t]ᵀ · prev[t] -> [N, P], with prev =

@@ -76,7 +76,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> elman_backward(
     });
   });
   const Tensor grad_w_hh = recurrent_weight_gradient(d_a, y, h0, lengths, reverse, dropout);
-  return {d_a, dh, grad_w_hh, d_a.sum(at::IntArrayRef{0, 1})};
+  return {d_a, dh, grad_w_hh, column_sums(d_a)};
 }
 
 }  // namespace fused_rnn

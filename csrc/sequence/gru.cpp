@@ -139,7 +139,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
         return step_t;
       });
       grad_w_hh = weight_gradient(d_hh.view({T * B, 3 * H}), dropout.apply(h_prev).view({T * B, H}));
-      grad_b_hh = d_hh.sum(at::IntArrayRef{0, 1});
+      grad_b_hh = column_sums(d_hh);
       return;
     }
     require_not_persistent(algo, "the reset_before GRU");
@@ -178,7 +178,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
     grad_w_hh = at::cat({weight_gradient(d_x.narrow(2, 0, 2 * H).reshape({T * B, 2 * H}), hd_prev.view({T * B, H})),
                          weight_gradient(d_x.narrow(2, 2 * H, H).reshape({T * B, H}), rh_all.view({T * B, H}))},
                         0);
-    grad_b_hh = d_x.sum(at::IntArrayRef{0, 1});
+    grad_b_hh = column_sums(d_x);
   });
   return {d_x, dh, grad_w_hh, grad_b_hh};
 }

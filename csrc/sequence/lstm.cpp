@@ -175,7 +175,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   });
 
   const Tensor grad_w_hh = recurrent_weight_gradient(d_gates, y, h0, lengths, reverse, dropout);
-  const Tensor grad_b_hh = d_gates.sum(at::IntArrayRef{0, 1});
+  const Tensor grad_b_hh = column_sums(d_gates);
   Tensor grad_w_ch = absent(gates);
   if (w_ch_in.has_value()) {
     // Peepholes see c_{t-1} (gates i, f) and c_t (gate o): Σ over steps and rows of d a ⊙ c.
@@ -183,12 +183,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     auto sum_times_previous_c = [&](int64_t gate) {
       const Tensor d = d_gate(gate);  // [T, B, H]
       Tensor sum = (d.select(0, first_step(T, reverse)) * c0_acc).sum(0);
-      if (T > 1) sum += (later_steps(d, reverse) * their_previous_steps(c_all, reverse))
-                     .sum(at::IntArrayRef{0, 1});
+      if (T > 1) {
+        sum += column_sums(later_steps(d, reverse) * their_previous_steps(c_all, reverse));
+      }
       return sum;
     };
     grad_w_ch = at::cat({sum_times_previous_c(0), sum_times_previous_c(1),
-                         (d_gate(3) * c_all).sum(at::IntArrayRef{0, 1})},
+                         column_sums(d_gate(3) * c_all)},
                         0)
                     .to(gates.scalar_type());
   }
