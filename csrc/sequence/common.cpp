@@ -3,6 +3,7 @@
 #include <ATen/OpMathType.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 
@@ -113,6 +114,13 @@ Tensor column_sums(const Tensor& d_pre) {
     rows = sums;
   }
   return rows.sum(0, /*keepdim=*/false, acc).to(d_pre.scalar_type());
+}
+
+StepInput step_input(const Tensor& sequence) {
+  const int64_t step_numel = sequence.numel() / std::max<int64_t>(sequence.size(0), 1);
+  if (sequence.is_contiguous()) return {sequence, step_numel};
+  if (sequence.stride(0) == 0) return {sequence.select(0, 0).contiguous(), 0};
+  return {sequence.contiguous(), step_numel};
 }
 
 Tensor previous_states(const Tensor& states, const Tensor& initial, const OptTensor& lengths,

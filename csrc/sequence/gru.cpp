@@ -108,7 +108,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
   if (reset_after) check_like(hh_n_in, "hh_n", {T, B, H}, gates_in);
   const auto opts = gates_in.options();
   const auto device = gates_in.device();
-  const Tensor grad_y = grad_y_in.contiguous();  // [T, B, H]
+  const StepInput grad_y = step_input(grad_y_in);  // [T, B, H] (or one step broadcast over T)
   const Tensor gates = gates_in.contiguous();    // [T, B, 3H] r, z, n
   const Tensor h_prev = previous_states(y_in, h0, lengths, reverse).contiguous();  // [T, B, H]
   const Tensor w = w_hh.contiguous();            // [3H, H]
@@ -130,7 +130,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
       backward_loop(T, reverse, 3, dh, d_hh, w, dropout, algo, [&](int64_t t) {
         GruBackwardStep<scalar_t> step_t = step;
         step_t.mask = {lengths_ptr(lengths), t};
-        step_t.grad_y = at_t(grad_y, t, H);
+        step_t.grad_y = grad_y.at<scalar_t>(t);
         step_t.gates = at_t(gates, t, 3 * H);
         step_t.hh_n = at_t(hh_n, t, H);
         step_t.h_prev = at_t(h_prev, t, H);
@@ -160,7 +160,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
     for (int64_t s = T - 1; s >= 0; --s) {
       const int64_t t = time_at(s, T, reverse);
       zn_step.mask = r_step.mask = {lengths_ptr(lengths), t};
-      zn_step.grad_y = at_t(grad_y, t, H);
+      zn_step.grad_y = grad_y.at<scalar_t>(t);
       zn_step.gates = r_step.gates = at_t(gates, t, 3 * H);
       zn_step.h_prev = at_t(h_prev, t, H);
       r_step.h_prev = at_t(hd_prev, t, H);
