@@ -110,7 +110,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
   const auto device = gates_in.device();
   const StepInput grad_y = step_input(grad_y_in);  // [T, B, H] (or one step broadcast over T)
   const Tensor gates = gates_in.contiguous();    // [T, B, 3H] r, z, n
-  const Tensor h_prev = previous_states(y_in, h0, lengths, reverse).contiguous();  // [T, B, H]
+  const Tensor y = y_in.contiguous();            // [T, B, H]
+  const Tensor h0_c = h0.contiguous();           // [B, H]
+  // h_{t-1}: reset_after reads it in place, y at the step before (h0 at the first), as backward
+  // reads c_{t-1} from c_all; only a reverse sequence with lengths (a shorter one starts from h0
+  // where y is 0) and reset_before (which multiplies whole sequences by it) rebuild it.
+  const bool rebuild_prev = !reset_after || (reverse && lengths.has_value());
+  const Tensor h_prev =  // [T, B, H] or undefined
+      rebuild_prev ? previous_states(y, h0_c, lengths, reverse).contiguous() : Tensor();
   const Tensor w = w_hh.contiguous();            // [3H, H]
   Tensor dh = grad_h_n.contiguous().clone();     // [B, H] carried to the previous step
   StateDropout dropout(state_mask, dh);
@@ -120,6 +127,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gates.scalar_type(), "gru_backward", [&] {
     auto at_t = [&](const Tensor& buf, int64_t t, int64_t width) {
       return buf.data_ptr<scalar_t>() + t * B * width;
+    };
+    auto h_prev_at = [&](int64_t t) -> const scalar_t* {
+      if (rebuild_prev) return at_t(h_prev, t, H);
+      return t == first_step(T, reverse) ? h0_c.data_ptr<scalar_t>()
+                                         : at_t(y, previous_step(t, reverse), H);
     };
     if (reset_after) {
       const Tensor hh_n = hh_n_in.contiguous();    // [T, B, H]
@@ -133,12 +145,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
         step_t.grad_y = grad_y.at<scalar_t>(t);
         step_t.gates = at_t(gates, t, 3 * H);
         step_t.hh_n = at_t(hh_n, t, H);
-        step_t.h_prev = at_t(h_prev, t, H);
+        step_t.h_prev = h_prev_at(t);
         step_t.d_x = at_t(d_x, t, 3 * H);
         step_t.d_hh = at_t(d_hh, t, 3 * H);
         return step_t;
       });
-      grad_w_hh = weight_gradient(d_hh.view({T * B, 3 * H}), dropout.apply(h_prev).view({T * B, H}));
+      grad_w_hh = recurrent_weight_gradient(d_hh, y, h0_c, lengths, reverse, dropout);
       grad_b_hh = column_sums(d_hh);
       return;
     }
