@@ -151,19 +151,20 @@ Tensor recurrent_weight_gradient(const Tensor& d_pre, const Tensor& states, cons
     const Tensor prev = dropout.apply(previous_states(states, initial, lengths, reverse));
     return weight_gradient(d_flat, prev.reshape({T * B, P}));
   }
-  Tensor grad = weight_gradient(d_pre.select(0, first_step(T, reverse)), initial);  // [N, P]
-  if (T > 1) {
-    const Tensor d_later = later_steps(d_pre, reverse).reshape({(T - 1) * B, N});
-    const Tensor prev = their_previous_steps(states, reverse).reshape({(T - 1) * B, P});
-    grad.add_(weight_gradient(d_later, prev));
-  }
+  const Tensor d_first = d_pre.select(0, first_step(T, reverse));  // [B, N], from `initial`
+  if (T == 1) return weight_gradient(d_first, initial);
+  const Tensor d_later = later_steps(d_pre, reverse).reshape({(T - 1) * B, N});
+  const Tensor prev = their_previous_steps(states, reverse).reshape({(T - 1) * B, P});
+  Tensor grad = weight_gradient(d_later, prev);  // [N, P]
+  // The B-row corrections accumulate in place: a second [N, P] product would be a temporary.
+  grad.addmm_(d_first.t(), initial);
   if (reverse && lengths.has_value()) {
     // A sequence of length L in [1, T) starts at t = L-1 from `initial`, where states[L] is 0.
     const Tensor start = (*lengths - 1).clamp(0, T - 1);                      // [B]
     const Tensor rows = start * B + at::arange(B, lengths->options());         // [B] in d_flat
     const Tensor shorter = ((*lengths >= 1) & (*lengths < T)).unsqueeze(1);   // [B, 1]
     const Tensor d_start = d_flat.index_select(0, rows) * shorter.to(d_pre.scalar_type());
-    grad.add_(weight_gradient(d_start, initial));
+    grad.addmm_(d_start.t(), initial);
   }
   return grad;
 }
