@@ -1,6 +1,11 @@
 #include "common.h"
 
+#include <ATen/OpMathType.h>
 #include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <string>
 
 #include "../cpu/buffer_pool.h"
 #include "gemm.h"
@@ -71,8 +76,51 @@ int64_t check_sequence_args(const Tensor& x_proj, const Tensor& h0, const Tensor
   return H;
 }
 
+namespace {
+// FUSED_RNN_CPU_BUFFER_POOL=0 turns the CPU pool off: sequence buffers then come from
+// at::empty like every other tensor, so torch's profiler (profile_memory) sees and accounts
+// them, as the CUDA caching allocator's statistics do on the GPU (tests/test_backward_memory.py).
+bool cpu_pool_enabled() {
+  const char* value = std::getenv("FUSED_RNN_CPU_BUFFER_POOL");
+  return value == nullptr || std::string(value) != "0";
+}
+}  // namespace
+
 Tensor sequence_buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  return options.device().is_cpu() ? cpu::pooled_empty(sizes, options) : at::empty(sizes, options);
+  return options.device().is_cpu() && cpu_pool_enabled() ? cpu::pooled_empty(sizes, options)
+                                                         : at::empty(sizes, options);
+}
+
+Tensor column_sums(const Tensor& d_pre) {
+  const int64_t N = d_pre.size(-1);
+  const auto acc = at::toOpMathType(d_pre.scalar_type());
+  if (N == 0 || (d_pre.is_cpu() && acc != d_pre.scalar_type())) {
+    // The CPU reduction never stages partial sums, and it accumulates half types in float
+    // anyway, whereas asking it for a float result would first copy all of d_pre to float.
+    std::vector<int64_t> dims(d_pre.dim() - 1);
+    for (int64_t d = 0; d + 1 < d_pre.dim(); ++d) dims[d] = d;
+    return d_pre.sum(dims);
+  }
+  Tensor rows = d_pre.reshape({-1, N});  // [R, N] (a view: the callers' d_pre are contiguous)
+  // Each pass sums groups of kColumnSumRows rows (and the leftover rows) into one row each.
+  while (rows.size(0) > kColumnSumRows) {
+    const int64_t R = rows.size(0), whole = R / kColumnSumRows * kColumnSumRows;
+    Tensor sums = rows.narrow(0, 0, whole)
+                      .reshape({whole / kColumnSumRows, kColumnSumRows, N})
+                      .sum(1, /*keepdim=*/false, acc);
+    if (whole < R) {
+      sums = at::cat({sums, rows.narrow(0, whole, R - whole).sum(0, /*keepdim=*/true, acc)}, 0);
+    }
+    rows = sums;
+  }
+  return rows.sum(0, /*keepdim=*/false, acc).to(d_pre.scalar_type());
+}
+
+StepInput step_input(const Tensor& sequence) {
+  const int64_t step_numel = sequence.numel() / std::max<int64_t>(sequence.size(0), 1);
+  if (sequence.is_contiguous()) return {sequence, step_numel};
+  if (sequence.stride(0) == 0) return {sequence.select(0, 0).contiguous(), 0};
+  return {sequence.contiguous(), step_numel};
 }
 
 Tensor previous_states(const Tensor& states, const Tensor& initial, const OptTensor& lengths,
@@ -103,19 +151,20 @@ Tensor recurrent_weight_gradient(const Tensor& d_pre, const Tensor& states, cons
     const Tensor prev = dropout.apply(previous_states(states, initial, lengths, reverse));
     return weight_gradient(d_flat, prev.reshape({T * B, P}));
   }
-  Tensor grad = weight_gradient(d_pre.select(0, first_step(T, reverse)), initial);  // [N, P]
-  if (T > 1) {
-    const Tensor d_later = later_steps(d_pre, reverse).reshape({(T - 1) * B, N});
-    const Tensor prev = their_previous_steps(states, reverse).reshape({(T - 1) * B, P});
-    grad.add_(weight_gradient(d_later, prev));
-  }
+  const Tensor d_first = d_pre.select(0, first_step(T, reverse));  // [B, N], from `initial`
+  if (T == 1) return weight_gradient(d_first, initial);
+  const Tensor d_later = later_steps(d_pre, reverse).reshape({(T - 1) * B, N});
+  const Tensor prev = their_previous_steps(states, reverse).reshape({(T - 1) * B, P});
+  Tensor grad = weight_gradient(d_later, prev);  // [N, P]
+  // The B-row corrections accumulate in place: a second [N, P] product would be a temporary.
+  grad.addmm_(d_first.t(), initial);
   if (reverse && lengths.has_value()) {
     // A sequence of length L in [1, T) starts at t = L-1 from `initial`, where states[L] is 0.
     const Tensor start = (*lengths - 1).clamp(0, T - 1);                      // [B]
     const Tensor rows = start * B + at::arange(B, lengths->options());         // [B] in d_flat
     const Tensor shorter = ((*lengths >= 1) & (*lengths < T)).unsqueeze(1);   // [B, 1]
     const Tensor d_start = d_flat.index_select(0, rows) * shorter.to(d_pre.scalar_type());
-    grad.add_(weight_gradient(d_start, initial));
+    grad.addmm_(d_start.t(), initial);
   }
   return grad;
 }

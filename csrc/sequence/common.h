@@ -62,6 +62,29 @@ inline Tensor their_previous_steps(const Tensor& sequence, bool reverse) {
   return sequence.narrow(0, reverse ? 1 : 0, sequence.size(0) - 1);
 }
 
+// Σ of `d_pre` [..., N] over every dimension but the last -> [N] in d_pre's dtype, accumulated
+// in its op-math type (float for half types): the bias and peephole gradients. Not one at::sum
+// over all T·B rows: CUDA's reduction splits that many rows per output across blocks and stages
+// their partial sums in a temporary of 4 · N · blocks · 128 bytes, which for LSTM `mid` (N = 2048,
+// 100 blocks) is 100 MiB, twice the saved gates; passes of at most kColumnSumRows rows per
+// output never split.
+Tensor column_sums(const Tensor& d_pre);
+constexpr int64_t kColumnSumRows = 256;
+
+// A sequence [T, B, X] that a loop reads one step at a time (backward's grad_y): `data` itself
+// when contiguous; when it is broadcast over time (stride 0 in T, as the gradient of y.sum(),
+// one value expanded to y's shape) one [B, X] step that every t reads instead of T copies of
+// it; otherwise a contiguous copy.
+struct StepInput {
+  Tensor data;
+  int64_t step_numel;  // elements between steps: B·X, or 0 when every step reads the same rows
+  template <typename scalar_t>
+  const scalar_t* at(int64_t t) const {
+    return data.data_ptr<scalar_t>() + t * step_numel;
+  }
+};
+StepInput step_input(const Tensor& sequence);
+
 class StateDropout;
 
 // The recurrent weight's gradient Σ_t d_pre[t]ᵀ · prev[t] -> [N, P], with prev =

@@ -55,7 +55,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> elman_backward(
   check_like(grad_y_in, "grad_y", y_in.sizes().vec(), y_in);
   check_like(grad_h_n, "grad_h_n", {B, H}, y_in);
   const Tensor y = y_in.contiguous();            // [T, B, H]
-  const Tensor grad_y = grad_y_in.contiguous();  // [T, B, H]
+  const StepInput grad_y = step_input(grad_y_in);  // [T, B, H] (or one step broadcast over T)
   const Tensor w = w_hh.contiguous();            // [H, H]
   Tensor dh = grad_h_n.contiguous().clone();     // [B, H] gradient carried to the previous step
   Tensor d_a = sequence_buffer({T, B, H}, y.options());  // [T, B, H] d pre-activations
@@ -69,14 +69,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> elman_backward(
     backward_loop(T, reverse, 1, dh, d_a, w, dropout, algo, [&](int64_t t) {
       ElmanBackwardStep<scalar_t> at_t = step;
       at_t.mask = {lengths_ptr(lengths), t};
-      at_t.grad_y = grad_y.data_ptr<scalar_t>() + t * B * H;
+      at_t.grad_y = grad_y.at<scalar_t>(t);
       at_t.y = y.data_ptr<scalar_t>() + t * B * H;
       at_t.d_a = d_a.data_ptr<scalar_t>() + t * B * H;
       return at_t;
     });
   });
   const Tensor grad_w_hh = recurrent_weight_gradient(d_a, y, h0, lengths, reverse, dropout);
-  return {d_a, dh, grad_w_hh, d_a.sum(at::IntArrayRef{0, 1})};
+  return {d_a, dh, grad_w_hh, column_sums(d_a)};
 }
 
 }  // namespace fused_rnn

@@ -108,9 +108,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
   if (reset_after) check_like(hh_n_in, "hh_n", {T, B, H}, gates_in);
   const auto opts = gates_in.options();
   const auto device = gates_in.device();
-  const Tensor grad_y = grad_y_in.contiguous();  // [T, B, H]
+  const StepInput grad_y = step_input(grad_y_in);  // [T, B, H] (or one step broadcast over T)
   const Tensor gates = gates_in.contiguous();    // [T, B, 3H] r, z, n
-  const Tensor h_prev = previous_states(y_in, h0, lengths, reverse).contiguous();  // [T, B, H]
+  const Tensor y = y_in.contiguous();            // [T, B, H]
+  const Tensor h0_c = h0.contiguous();           // [B, H]
+  // h_{t-1}: reset_after reads it in place, y at the step before (h0 at the first), as backward
+  // reads c_{t-1} from c_all; only a reverse sequence with lengths (a shorter one starts from h0
+  // where y is 0) and reset_before (which multiplies whole sequences by it) rebuild it.
+  const bool rebuild_prev = !reset_after || (reverse && lengths.has_value());
+  const Tensor h_prev =  // [T, B, H] or undefined
+      rebuild_prev ? previous_states(y, h0_c, lengths, reverse).contiguous() : Tensor();
   const Tensor w = w_hh.contiguous();            // [3H, H]
   Tensor dh = grad_h_n.contiguous().clone();     // [B, H] carried to the previous step
   StateDropout dropout(state_mask, dh);
@@ -121,6 +128,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
     auto at_t = [&](const Tensor& buf, int64_t t, int64_t width) {
       return buf.data_ptr<scalar_t>() + t * B * width;
     };
+    auto h_prev_at = [&](int64_t t) -> const scalar_t* {
+      if (rebuild_prev) return at_t(h_prev, t, H);
+      return t == first_step(T, reverse) ? h0_c.data_ptr<scalar_t>()
+                                         : at_t(y, previous_step(t, reverse), H);
+    };
     if (reset_after) {
       const Tensor hh_n = hh_n_in.contiguous();    // [T, B, H]
       Tensor d_hh = sequence_buffer({T, B, 3 * H}, opts);  // [T, B, 3H] d (W_hh h + b_hh)
@@ -130,16 +142,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
       backward_loop(T, reverse, 3, dh, d_hh, w, dropout, algo, [&](int64_t t) {
         GruBackwardStep<scalar_t> step_t = step;
         step_t.mask = {lengths_ptr(lengths), t};
-        step_t.grad_y = at_t(grad_y, t, H);
+        step_t.grad_y = grad_y.at<scalar_t>(t);
         step_t.gates = at_t(gates, t, 3 * H);
         step_t.hh_n = at_t(hh_n, t, H);
-        step_t.h_prev = at_t(h_prev, t, H);
+        step_t.h_prev = h_prev_at(t);
         step_t.d_x = at_t(d_x, t, 3 * H);
         step_t.d_hh = at_t(d_hh, t, 3 * H);
         return step_t;
       });
-      grad_w_hh = weight_gradient(d_hh.view({T * B, 3 * H}), dropout.apply(h_prev).view({T * B, H}));
-      grad_b_hh = d_hh.sum(at::IntArrayRef{0, 1});
+      grad_w_hh = recurrent_weight_gradient(d_hh, y, h0_c, lengths, reverse, dropout);
+      grad_b_hh = column_sums(d_hh);
       return;
     }
     require_not_persistent(algo, "the reset_before GRU");
@@ -160,7 +172,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
     for (int64_t s = T - 1; s >= 0; --s) {
       const int64_t t = time_at(s, T, reverse);
       zn_step.mask = r_step.mask = {lengths_ptr(lengths), t};
-      zn_step.grad_y = at_t(grad_y, t, H);
+      zn_step.grad_y = grad_y.at<scalar_t>(t);
       zn_step.gates = r_step.gates = at_t(gates, t, 3 * H);
       zn_step.h_prev = at_t(h_prev, t, H);
       r_step.h_prev = at_t(hd_prev, t, H);
@@ -178,7 +190,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
     grad_w_hh = at::cat({weight_gradient(d_x.narrow(2, 0, 2 * H).reshape({T * B, 2 * H}), hd_prev.view({T * B, H})),
                          weight_gradient(d_x.narrow(2, 2 * H, H).reshape({T * B, H}), rh_all.view({T * B, H}))},
                         0);
-    grad_b_hh = d_x.sum(at::IntArrayRef{0, 1});
+    grad_b_hh = column_sums(d_x);
   });
   return {d_x, dh, grad_w_hh, grad_b_hh};
 }

@@ -118,8 +118,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   TORCH_CHECK(c_all_in.sizes() == at::IntArrayRef({T, B, H}) && c_all_in.scalar_type() == c_type,
               message("fused_rnn: c_all must be [", T, ", ", B, ", ", H, "] of dtype ", c_type));
   const Tensor y = y_in.contiguous();            // [T, B, P]
-  const Tensor grad_y = grad_y_in.contiguous();  // [T, B, P]
-  const Tensor gates = gates_in.contiguous();    // [T, B, 4H]
+  const StepInput grad_y = step_input(grad_y_in);  // [T, B, P] (or one step broadcast over T)
+  const Tensor gates = gates_in.contiguous();      // [T, B, 4H]
   const Tensor c_all = c_all_in.contiguous();    // [T, B, H] acc type
   const Tensor w = w_hh.contiguous();            // [4H, P]
   Tensor peepholes;  // keeps w_ch's contiguous copy alive
@@ -150,7 +150,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     auto step_at = [&](int64_t t) {
       LstmBackwardStep<scalar_t> at_t = step;
       at_t.mask = {lengths_ptr(lengths), t};
-      at_t.grad_y = project ? nullptr : grad_y.data_ptr<scalar_t>() + t * B * P;
+      at_t.grad_y = project ? nullptr : grad_y.at<scalar_t>(t);
       at_t.gates = gates.data_ptr<scalar_t>() + t * B * 4 * H;
       at_t.c_t = c_all.data_ptr<acc_t>() + t * B * H;
       at_t.c_prev = t == first_step(T, reverse)
@@ -165,7 +165,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     for (int64_t s = T - 1; s >= 0; --s) {
       const int64_t t = time_at(s, T, reverse);
       carry_step.mask = {lengths_ptr(lengths), t};
-      carry_step.grad_y = grad_y.data_ptr<scalar_t>() + t * B * P;
+      carry_step.grad_y = grad_y.at<scalar_t>(t);
       carry_step.dh_valid = dh_valid.data_ptr<scalar_t>() + t * B * P;
       launch_step(carry_step, B, P, gates.device());
       gemm_ab(dm, dh_valid.select(0, t), w_hr_c, /*accumulate=*/false);
@@ -175,7 +175,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   });
 
   const Tensor grad_w_hh = recurrent_weight_gradient(d_gates, y, h0, lengths, reverse, dropout);
-  const Tensor grad_b_hh = d_gates.sum(at::IntArrayRef{0, 1});
+  const Tensor grad_b_hh = column_sums(d_gates);
   Tensor grad_w_ch = absent(gates);
   if (w_ch_in.has_value()) {
     // Peepholes see c_{t-1} (gates i, f) and c_t (gate o): Σ over steps and rows of d a ⊙ c.
@@ -183,12 +183,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     auto sum_times_previous_c = [&](int64_t gate) {
       const Tensor d = d_gate(gate);  // [T, B, H]
       Tensor sum = (d.select(0, first_step(T, reverse)) * c0_acc).sum(0);
-      if (T > 1) sum += (later_steps(d, reverse) * their_previous_steps(c_all, reverse))
-                     .sum(at::IntArrayRef{0, 1});
+      if (T > 1) {
+        sum += column_sums(later_steps(d, reverse) * their_previous_steps(c_all, reverse));
+      }
       return sum;
     };
     grad_w_ch = at::cat({sum_times_previous_c(0), sum_times_previous_c(1),
-                         (d_gate(3) * c_all).sum(at::IntArrayRef{0, 1})},
+                         column_sums(d_gate(3) * c_all)},
                         0)
                     .to(gates.scalar_type());
   }
