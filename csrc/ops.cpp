@@ -35,4 +35,7 @@ TORCH_LIBRARY(fused_rnn, m) {
       "-> (Tensor grad_x_proj, Tensor grad_h0, Tensor grad_w_hh, Tensor grad_b_hh)");
   // x [M, K] · wᵀ (+ b): the input projection of all steps at once (sequence/gemm.h).
   m.def("linear(Tensor x, Tensor w, Tensor? b) -> Tensor");
+  // Σ of d [..., N] over every dimension but the last (bias gradients), with no reduction
+  // temporary (sequence/common.h).
+  m.def("column_sums(Tensor d) -> Tensor");
 }

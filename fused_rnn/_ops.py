@@ -37,27 +37,6 @@ def _zeros_if_none(grad: Optional[Tensor], like: Tensor) -> Tensor:
     return torch.zeros_like(like) if grad is None else grad
 
 
-_COLUMN_SUM_ROWS = 256  # csrc/sequence/common.h kColumnSumRows
-
-
-def _column_sums(grad: Tensor) -> Tensor:
-    """Σ over the rows of grad (M, N) -> (N,), accumulated in float for half types: the bias
-    gradient of linear(). As column_sums() in csrc/sequence/common.cpp, in passes of at most
-    256 rows per output: one sum over all M = T·B rows would make CUDA's reduction stage its
-    partial sums in a temporary of 4·N·blocks·128 bytes (100 MiB for LSTM `mid`)."""
-    acc = torch.float32 if grad.dtype in (torch.float16, torch.bfloat16) else grad.dtype
-    if grad.size(1) == 0 or (grad.device.type == "cpu" and acc != grad.dtype):
-        return grad.sum(0)  # accumulates in float; asking for float would copy grad to float
-    rows, dtype = grad, grad.dtype
-    while rows.size(0) > _COLUMN_SUM_ROWS:
-        whole = rows.size(0) // _COLUMN_SUM_ROWS * _COLUMN_SUM_ROWS
-        sums = rows[:whole].reshape(-1, _COLUMN_SUM_ROWS, rows.size(1)).sum(1, dtype=acc)
-        if whole < rows.size(0):
-            sums = torch.cat([sums, rows[whole:].sum(0, keepdim=True, dtype=acc)])
-        rows = sums
-    return rows.sum(0, dtype=acc).to(dtype)
-
-
 # ------------------------------------------------------------------------------- public wrappers
 def elman(x_proj: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], lengths: Optional[Tensor],
           state_mask: Optional[Tensor], reverse: bool, relu: bool,
@@ -104,6 +83,10 @@ def _c_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _register_fakes() -> None:
     register = torch.library.register_fake
+
+    @register("fused_rnn::column_sums")
+    def _(d):
+        return d.new_empty(d.shape[-1:])
 
     @register("fused_rnn::elman_forward")
     def _(x_proj, h0, w_hh, b_hh, lengths, state_mask, reverse, relu, algo="auto"):
@@ -222,7 +205,7 @@ def _register_autograd() -> None:
         x, w = ctx.saved_tensors
         grad_x = ops.linear(grad, w.t(), None) if ctx.needs_input_grad[0] else None
         grad_w = ops.linear(grad.t(), x.t(), None) if ctx.needs_input_grad[1] else None
-        grad_b = _column_sums(grad) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        grad_b = ops.column_sums(grad) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b
 
     torch.library.register_autograd("fused_rnn::linear", linear_backward, setup_context=linear_setup)

@@ -175,6 +175,25 @@ def test_bias_gradients_sum_few_rows_per_pass():
     assert max(rows) <= 256, f"a reduction summed {max(rows)} rows per output"
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(300, 4, 24), (256, 7), (1000, 3), (5, 2, 0)])
+def test_column_sums_op_equals_a_float64_sum(shape, dtype, device):
+    """The op behind the bias gradients: passes of 256 rows (and the leftover rows) add up to
+    the plain sum over every dimension but the last."""
+    torch.manual_seed(0)
+    d = torch.randn(shape, device=device).to(dtype)
+    result = torch.ops.fused_rnn.column_sums(d)
+    expected = d.double().sum(dim=tuple(range(d.dim() - 1)))
+    assert result.dtype == dtype and result.shape == shape[-1:]
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(result.double(), expected, rtol=tolerance, atol=tolerance)
+    torch.library.opcheck(torch.ops.fused_rnn.column_sums, (d,))
+
+
 @pytest.mark.parametrize("module", [fused_rnn.LSTM, fused_rnn.GRU, fused_rnn.RNN, fused_rnn.PeepholeLSTM])
 @pytest.mark.parametrize("algo", ["stepwise", "auto"])
 def test_gradient_broadcast_over_time_is_read_in_place(module, algo):

@@ -3,6 +3,7 @@
 
 #include <torch/library.h>
 
+#include "common.h"
 #include "gemm.h"
 #include "sequence_ops.h"
 
@@ -16,6 +17,7 @@ inline void register_sequence_ops(torch::Library& m) {
   m.impl("gru_forward", &gru_forward);
   m.impl("gru_backward", &gru_backward);
   m.impl("linear", &linear);
+  m.impl("column_sums", &column_sums);
 }
 
 }  // namespace fused_rnn
