@@ -23,20 +23,21 @@ namespace fused_rnn {
 
 #ifdef FUSED_RNN_WITH_CUDA
 // Where `auto` takes the persistent CUDA kernel (if its plan then fits): while the multiply-adds
-// one block does per step, B * gates * units * H, stay under these. Past them, one block's
-// FFMA from shared memory loses to the stepwise path's cuBLAS GEMM (tensor cores for half
-// types) despite that path's two launches a step. Set from the H200 runs of tools/gpu_check.sh
-// (docs/persistent.md has the figures).
-constexpr int64_t kAutoPersistentMaxWorkFloat = int64_t{4} << 20;  // float32, float64
-constexpr int64_t kAutoPersistentMaxWorkHalf = int64_t{1} << 20;   // float16, bfloat16
+// one block does per step, B * gates * units * H, stay at most this. Past it, one block's FFMA
+// from shared memory loses to the stepwise path's cuBLAS GEMM despite that path's two launches
+// a step. Measured on an H200 (benchmarks/results/h200_gpu_check_6b5bb7f, both algorithms in one
+// run; docs/persistent.md): persistent wins at small_batch (8k-33k), long_tiny (1k-4k), mid RNN
+// (131k) and GRU (393k: 17% faster forward, 3% slower training), and loses at mid LSTM (524k:
+// 17% slower forward in fp32, 22% slower training in bf16) and beyond (deepbench: 2-3x slower).
+// float32 and bf16 broke even at the same place, so one limit serves every dtype.
+constexpr int64_t kAutoPersistentMaxWork = 400 * 1000;
 
 inline bool auto_picks_persistent_on_cuda(const Tensor& state, int64_t H, int64_t gates) {
   int multiprocessors = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount,
                                         state.device().index()));
   const int64_t work = state.size(0) * gates * persistent_units_per_block(H, multiprocessors) * H;
-  const bool half = state.scalar_type() == at::kHalf || state.scalar_type() == at::kBFloat16;
-  return work <= (half ? kAutoPersistentMaxWorkHalf : kAutoPersistentMaxWorkFloat);
+  return work <= kAutoPersistentMaxWork;
 }
 #endif
 
