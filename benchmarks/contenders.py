@@ -151,6 +151,11 @@ class Contender:
     def failed(self, error: BaseException) -> None:
         """Told when a call of this contender raised; most need not care."""
 
+    def not_applicable(self, error: BaseException) -> Optional[str]:
+        """Why a call that raised `error` means this contender does not apply to the case (the
+        table's n/a), or None when it is a real error."""
+        return None
+
 
 class Fused(Contender):
     """fused_rnn with algo="auto" ("fused"), or one algorithm forced ("fused_stepwise",
@@ -170,6 +175,15 @@ class Fused(Contender):
         suffix = "" if self.algo == "auto" else f"(algo={self.algo!r})"
         return Built(module_forward(module, case.lengths), list(module.parameters()),
                      f"fused_rnn.{cls.__name__}{suffix}", [module])
+
+
+    def not_applicable(self, error: BaseException) -> Optional[str]:
+        # algo='persistent' refuses, with a ValueError naming why, shapes it cannot run (a W_hh
+        # slice too large for shared memory): not a failure of the contender.
+        if self.algo == "persistent" and isinstance(error, ValueError) \
+                and "algo='persistent' cannot run" in str(error):
+            return str(error)
+        return None
 
 
 class TorchNN(Contender):

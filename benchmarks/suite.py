@@ -134,8 +134,12 @@ class Runner:
                                      contender.first_call_timeout)
                 except Exception as error:
                     contender.failed(error)
-                    self._record(base, contender, mode, "error", contender_built.impl, error=_error_text(error),
-                                 traceback=traceback.format_exc(limit=8))
+                    reason = contender.not_applicable(error)
+                    if reason is not None:
+                        self._record(base, contender, mode, "n/a", contender_built.impl, reason=reason)
+                    else:
+                        self._record(base, contender, mode, "error", contender_built.impl,
+                                     error=_error_text(error), traceback=traceback.format_exc(limit=8))
                     _release(plan.device)
                     continue
                 self._record(base, contender, mode, "ok", contender_built.impl, **timing.to_json())

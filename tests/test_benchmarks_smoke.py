@@ -105,3 +105,18 @@ def test_algorithm_contenders(tmp_path):
         assert status[("lstm", "fused_persistent")] == "ok"
         checks = {(c["cell"], c["contender"]): c for c in document["checks"]}
         assert checks[("lstm", "fused_persistent")]["ok"]
+
+
+def test_persistent_refusal_is_not_applicable(tmp_path):
+    """A shape algo='persistent' refuses (here H = 30, not a multiple of 16 on the CPU; on CUDA a
+    W_hh slice too large for shared memory) is n/a in the results, not an error."""
+    command = [sys.executable, "-m", "benchmarks", "--device", "cpu", "--shape", "4,2,5,30",
+               "--cells", "gru", "--modes", "inference", "--repeats", "1", "--warmup", "0",
+               "--contenders", "fused_persistent,torch.nn", "--out", str(tmp_path), "--no-plot"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]  # (it fails when nothing was measured)
+    (path,) = tmp_path.glob("cpu_*.json")
+    results = {r["contender"]: r for r in json.loads(path.read_text())["results"]}
+    persistent = results["fused_persistent"]
+    assert persistent["status"] == "n/a" and "cannot run" in persistent["reason"], persistent
+    assert results["torch.nn"]["status"] == "ok"

@@ -72,6 +72,10 @@ stage racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 9 "$PY" t
 # The floor of a persistent step: one grid barrier (by blocks) or cluster barrier (by size).
 stage barrier_bench 40 bash -c "nvcc -O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 \
   -o $WORK/barrier_bench tools/barrier_bench.cu && $WORK/barrier_bench"
+# Where a persistent step's time goes: stall reasons and memory traffic of one long_tiny forward.
+[ $PERSISTENT_OK = 1 ] && stage profile_persistent 90 ncu --clock-control none -k regex:forward_kernel \
+  --launch-skip 1 --launch-count 1 --section SpeedOfLight --section WarpStateStats \
+  --section MemoryWorkloadAnalysis --section LaunchStats "$PY" tools/profile_persistent.py
 # Every cell on `mid`, with peak memory (issue 5).
 stage benchmark_quick 45 "$PY" -m benchmarks --quick --device cuda --no-plot --out "$OUT"
 stage benchmark_pipeline 30 "$PY" -m benchmarks.pipeline --device cuda --json "$OUT/pipeline.json"
