@@ -35,6 +35,14 @@ def _with_algo(case, algo):
     return dataclasses.replace(case, algo=algo)
 
 
+def _assert_persistent_matches_oracle_and_stepwise(case, what):
+    persistent = outputs_and_grads(_with_algo(case, "persistent"), "fused")
+    stepwise = outputs_and_grads(_with_algo(case, "stepwise"), "fused")
+    oracle = outputs_and_grads(case.converted(torch.float64, "cpu"), "reference")
+    _assert_agree(persistent, oracle, 2e-5, f"{what} vs float64 oracle")
+    _assert_agree(persistent, stepwise, 2e-5, f"{what} vs stepwise")
+
+
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("lengths", [None, [7, 3, 0, 7, 5]], ids=["full", "lengths"])
 @pytest.mark.parametrize("cell", PERSISTENT_CELLS)
@@ -44,11 +52,7 @@ def test_float32_matches_oracle_and_stepwise(device, cell, lengths, reverse):
     lengths = torch.tensor(lengths) if lengths is not None else None
     case = make_case(cell, 7, 5, 6, 32, dtype=torch.float32, device=device, lengths=lengths,
                      reverse=reverse)
-    persistent = outputs_and_grads(_with_algo(case, "persistent"), "fused")
-    stepwise = outputs_and_grads(_with_algo(case, "stepwise"), "fused")
-    oracle = outputs_and_grads(case.converted(torch.float64, "cpu"), "reference")
-    _assert_agree(persistent, oracle, 2e-5, "persistent vs float64 oracle")
-    _assert_agree(persistent, stepwise, 2e-5, "persistent vs stepwise")
+    _assert_persistent_matches_oracle_and_stepwise(case, "persistent")
 
 
 @pytest.mark.cuda
@@ -94,6 +98,65 @@ def test_cuda_block_and_chunk_splits_match_stepwise(cell, hidden, batch):
     persistent = outputs_and_grads(_with_algo(case, "persistent"), "fused")
     stepwise = outputs_and_grads(_with_algo(case, "stepwise"), "fused")
     _assert_agree(persistent, stepwise, 1e-4, "persistent vs stepwise")
+
+
+needs_sm90 = pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability(0)[0] < 9,
+    reason="thread-block clusters need sm_90")
+
+
+@pytest.mark.cuda
+@needs_sm90
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("cell, hidden, batch", [
+    ("lstm", 128, 8),     # long_tiny's shape: 8 units in each of 16 blocks
+    ("gru", 37, 5),       # 3 units a block, 13 blocks, the last with 1
+    ("rnn_tanh", 7, 33),  # one unit a block, batch not a multiple of the tile
+    ("peephole_lstm", 64, 4),
+])
+def test_cuda_cluster_forward_matches_oracle_and_stepwise(cell, hidden, batch, reverse, monkeypatch):
+    """The experimental one-cluster forward (FUSED_RNN_PERSISTENT_CLUSTER=1): it must be the
+    kernel that ran, and agree with the float64 oracle and the stepwise loop."""
+    monkeypatch.setenv("FUSED_RNN_PERSISTENT_CLUSTER", "1")
+    torch.manual_seed(5)
+    case = make_case(cell, 6, batch, 8, hidden, dtype=torch.float32, device="cuda",
+                     lengths=torch.randint(0, 7, (batch,)), reverse=reverse)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        _assert_persistent_matches_oracle_and_stepwise(case, "cluster persistent")
+        torch.cuda.synchronize()
+    assert any("cluster_forward_kernel" in event.name for event in prof.events())
+
+
+@pytest.mark.cuda
+@needs_sm90
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_cuda_cluster_forward_other_dtypes(dtype, monkeypatch):
+    monkeypatch.setenv("FUSED_RNN_PERSISTENT_CLUSTER", "1")
+    torch.manual_seed(6)
+    case = make_case("lstm", 5, 4, 16, 48, dtype=dtype, device="cuda", lengths=torch.tensor([5, 2, 0, 4]))
+    oracle = outputs_and_grads(case.converted(torch.float64), "reference")
+    persistent = outputs_and_grads(_with_algo(case, "persistent"), "fused")
+    stepwise = outputs_and_grads(_with_algo(case, "stepwise"), "fused")
+    for kind in (0, 1):
+        for ours, theirs, exact in zip(persistent[kind], stepwise[kind], oracle[kind]):
+            floor = 1e-12 if dtype == torch.float64 else 1.5e-2
+            assert _relative_error(ours, exact) <= 2 * _relative_error(theirs, exact) + floor
+
+
+@pytest.mark.cuda
+@needs_sm90
+def test_cuda_cluster_falls_back_to_the_grid_kernel_where_it_does_not_fit(monkeypatch):
+    """H = 1024: W's slice for 16 blocks (256 rows x 1025 floats) exceeds shared memory."""
+    monkeypatch.setenv("FUSED_RNN_PERSISTENT_CLUSTER", "1")
+    case = make_case("lstm", 3, 4, 8, 1024, dtype=torch.float32, device="cuda", requires_grad=False)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        result = _with_algo(case, "persistent").run()
+        torch.cuda.synchronize()
+    names = [event.name for event in prof.events()]
+    assert not any("cluster_forward_kernel" in n for n in names)
+    assert any("persistent::forward_kernel" in n for n in names)
+    for a, b in zip(result, _with_algo(case, "stepwise").run()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.cuda

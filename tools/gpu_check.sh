@@ -4,14 +4,16 @@
 # output folder as the run goes, so a cut-off run still leaves what it did.
 #   usage: bash tools/gpu_check.sh OUT_DIR [GIT_COMMIT]
 # Run with the device tool: bash tools/gpu_check.sh $OUT <commit>
-# GPU_CHECK_STAGES="build tests ..." runs only the stages named (default: all of them).
+# GPU_CHECK_STAGES="build tests ..." runs only the stages named (default: every stage but
+# benchmark_workloads, ~8 minutes with the machine's start).
 set -u
 OUT=${1:?usage: gpu_check.sh OUT_DIR [GIT_COMMIT]}
 COMMIT=${2:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 PY=${PYTHON:-python3}
 # $OUT gets only what is worth keeping (the device tool brings back at most 8 files): the log and
-# the results JSON, the JSON of the persistent, auto-limits and quick benchmark runs,
-# pipeline.json, the JSON and PNG of the workloads run: 8. Scratch (junit, stage list) stays in $WORK.
+# the results JSON, the JSON of the cluster, persistent, auto-limits and quick benchmark runs,
+# pipeline.json: 7 (benchmark_workloads, when asked for, adds its JSON and PNG instead of some of
+# them). Scratch (junit, stage list) stays in $WORK.
 WORK=$(mktemp -d)
 mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"
@@ -19,9 +21,14 @@ STAGES="$WORK/stages.txt"
 : > "$LOG"; : > "$STAGES"
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 
+DEFAULT_STAGES="environment build toolchain persistent_smoke cluster_smoke tests memcheck racecheck
+  memcheck_cluster racecheck_cluster profile_persistent profile_cluster benchmark_cluster benchmark_persistent
+  benchmark_auto_limits barrier_bench benchmark_quick benchmark_pipeline"
+DEFAULT_STAGES=$(echo $DEFAULT_STAGES)  # one line
+
 stage() {  # stage NAME SECONDS COMMAND...: run, log, record "NAME rc seconds"
   local name=$1 limit=$2; shift 2
-  if [ "${GPU_CHECK_STAGES:-all}" != all ] && [[ " $GPU_CHECK_STAGES " != *" $name "* ]]; then
+  if [[ " ${GPU_CHECK_STAGES:-$DEFAULT_STAGES} " != *" $name "* ]]; then
     return 0
   fi
   local start=$SECONDS
@@ -47,35 +54,49 @@ stage toolchain 20 bash -c "g++ --version | head -1; ldd fused_rnn/_C*.so | grep
   $PY -c \"import torch, fused_rnn; print(sorted({l.split()[-1] for l in open('/proc/self/maps') if 'stdc++' in l or 'gcc_s' in l}))\""
 # The persistent kernels' first contact, alone and short: a kernel that hangs at a grid barrier
 # costs this stage's limit, not the test stage's, and the later stages then leave it out.
-PERSISTENT_OK=1
-stage persistent_smoke 60 "$PY" tools/persistent_smoke.py || PERSISTENT_OK=0
+PERSISTENT_OK=1; CLUSTER_OK=1
+stage persistent_smoke 60 "$PY" tools/persistent_smoke.py grid || PERSISTENT_OK=0
+# The experimental one-cluster forward (FUSED_RNN_PERSISTENT_CLUSTER=1), likewise alone first.
+stage cluster_smoke 60 "$PY" tools/persistent_smoke.py cluster || CLUSTER_OK=0
 DESELECT=(); SANITIZER_ARGS=()
 if [ $PERSISTENT_OK = 0 ]; then
-  DESELECT=(-k "not persistent"); SANITIZER_ARGS=(--stepwise-only)
+  DESELECT=(-k "not persistent"); SANITIZER_ARGS=(--stepwise-only); CLUSTER_OK=0
   echo "===== persistent smoke failed: later stages leave the persistent algorithm out" | tee -a "$LOG"
+elif [ $CLUSTER_OK = 0 ]; then
+  DESELECT=(-k "not cluster")
+  echo "===== cluster smoke failed: later stages leave the cluster kernel out" | tee -a "$LOG"
 fi
 # Every test (the CUDA ones and, on this machine's torch, the CPU ones too).
 stage tests 180 "$PY" -m pytest tests -q "${PARALLEL[@]}" "${DESELECT[@]}" --junitxml="$WORK/junit.xml" -p no:cacheprovider
 stage memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" tools/sanitizer_workload.py "${SANITIZER_ARGS[@]}"
 stage racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 9 "$PY" tools/sanitizer_workload.py "${SANITIZER_ARGS[@]}"
-# Most wanted first (a run cut short keeps what it did): the two algorithms and auto side by
-# side where the persistent kernel is meant to win (issue 6), then where it stops paying, every
-# cell on `mid` with peak memory (issue 5), the one-GPU pipelining overhead (issue 7), then LSTM
-# and GRU on the other workloads.
+[ $CLUSTER_OK = 1 ] && stage memcheck_cluster 60 compute-sanitizer --tool memcheck --error-exitcode 9 \
+  "$PY" tools/sanitizer_workload.py --cluster
+[ $CLUSTER_OK = 1 ] && stage racecheck_cluster 60 compute-sanitizer --tool racecheck --error-exitcode 9 \
+  "$PY" tools/sanitizer_workload.py --cluster
+# Most wanted first (a run cut short keeps what it did): where a persistent step's time goes
+# (issue 6), the experimental cluster forward against the grid kernel, the two algorithms and
+# auto side by side where the persistent kernel is meant to win, then where it stops paying,
+# every cell on `mid` with peak memory (issue 5), the one-GPU pipelining overhead (issue 7).
+# Stall reasons and memory traffic of one long_tiny forward, grid kernel then cluster kernel.
+NCU=(ncu --clock-control none -k regex:forward_kernel --launch-skip 1 --launch-count 1 --section SpeedOfLight
+     --section WarpStateStats --section MemoryWorkloadAnalysis --section LaunchStats)
+[ $PERSISTENT_OK = 1 ] && stage profile_persistent 90 "${NCU[@]}" "$PY" tools/profile_persistent.py
+[ $CLUSTER_OK = 1 ] && stage profile_cluster 90 env FUSED_RNN_PERSISTENT_CLUSTER=1 "${NCU[@]}" \
+  "$PY" tools/profile_persistent.py
+[ $CLUSTER_OK = 1 ] && stage benchmark_cluster 60 env FUSED_RNN_PERSISTENT_CLUSTER=1 "$PY" -m benchmarks \
+  --device cuda --cells lstm,gru,rnn_tanh --workloads small_batch,long_tiny --dtypes fp32,bf16 \
+  --modes inference --contenders fused_persistent,torch.nn --no-plot --out "$OUT"
 [ $PERSISTENT_OK = 1 ] && stage benchmark_persistent 90 "$PY" -m benchmarks --device cuda --cells lstm,gru,rnn_tanh,peephole_lstm \
   --workloads small_batch,mid,long_tiny --dtypes fp32,bf16 \
   --contenders fused,fused_stepwise,fused_persistent,torch.nn --no-plot --out "$OUT"
-# Where the persistent kernel stops paying (auto's limits in csrc/sequence/persistent_loop.h).
+# Where the persistent kernel stops paying (auto's limit in csrc/sequence/persistent_loop.h).
 [ $PERSISTENT_OK = 1 ] && stage benchmark_auto_limits 60 "$PY" -m benchmarks --device cuda --cells lstm,gru \
   --workloads deepbench_1024,large_batch,big_h --dtypes fp32,bf16 \
   --contenders fused,fused_stepwise,fused_persistent,torch.nn --no-plot --out "$OUT"
 # The floor of a persistent step: one grid barrier (by blocks) or cluster barrier (by size).
 stage barrier_bench 40 bash -c "nvcc -O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 \
   -o $WORK/barrier_bench tools/barrier_bench.cu && $WORK/barrier_bench"
-# Where a persistent step's time goes: stall reasons and memory traffic of one long_tiny forward.
-[ $PERSISTENT_OK = 1 ] && stage profile_persistent 90 ncu --clock-control none -k regex:forward_kernel \
-  --launch-skip 1 --launch-count 1 --section SpeedOfLight --section WarpStateStats \
-  --section MemoryWorkloadAnalysis --section LaunchStats "$PY" tools/profile_persistent.py
 # Every cell on `mid`, with peak memory (issue 5).
 stage benchmark_quick 45 "$PY" -m benchmarks --quick --device cuda --no-plot --out "$OUT"
 stage benchmark_pipeline 30 "$PY" -m benchmarks.pipeline --device cuda --json "$OUT/pipeline.json"

@@ -1,8 +1,12 @@
 """First contact with the persistent CUDA kernels (csrc/cuda/persistent.cuh): each cell they run,
 forward and backward in float32, one block and many blocks, against algo='stepwise'. It names
-each case before running it, so that when a kernel hangs (a grid barrier some block never
-reaches) and tools/gpu_check.sh's timeout kills the process, the log says which one. Exits
-non-zero on any mismatch; gpu_check then leaves the persistent algorithm out of its later stages."""
+each case before running it, so that when a kernel hangs (a barrier some block never reaches)
+and tools/gpu_check.sh's timeout kills the process, the log says which one. Exits non-zero on
+any mismatch; gpu_check then leaves that kernel out of its later stages.
+    python tools/persistent_smoke.py [grid|cluster]
+`cluster` runs the experimental one-cluster forward (FUSED_RNN_PERSISTENT_CLUSTER=1) on shapes
+it fits (H up to a few hundred)."""
+import os
 import sys
 
 import torch
@@ -12,19 +16,25 @@ from cases import make_case, outputs_and_grads  # noqa: E402
 
 CELLS = ["rnn_tanh", "lstm", "peephole_lstm", "gru"]
 # (T, B, I, H): one block of 1 unit, several blocks with a partial last one, batch chunks.
-SHAPES = [(4, 3, 5, 16), (6, 40, 8, 301), (3, 200, 16, 1024)]
+SHAPES = {"grid": [(4, 3, 5, 16), (6, 40, 8, 301), (3, 200, 16, 1024)],
+          "cluster": [(4, 3, 5, 16), (6, 8, 8, 128), (5, 17, 8, 301)]}
 
 
 def relative_error(a, b):
     return ((a.double().cpu() - b.double().cpu()).norm() / b.double().cpu().norm().clamp_min(1e-30)).item()
 
 
-def main() -> int:
+def main(kernel: str) -> int:
+    if kernel == "cluster":
+        if torch.cuda.get_device_capability(0)[0] < 9:
+            print("persistent smoke: thread-block clusters need sm_90; nothing to run")
+            return 0
+        os.environ["FUSED_RNN_PERSISTENT_CLUSTER"] = "1"
     torch.manual_seed(0)
     failures = 0
-    for shape in SHAPES:
+    for shape in SHAPES[kernel]:
         for cell in CELLS:
-            print(f"running {cell} T,B,I,H={shape} ...", end=" ", flush=True)
+            print(f"running {kernel} {cell} T,B,I,H={shape} ...", end=" ", flush=True)
             case = make_case(cell, *shape, dtype=torch.float32, device="cuda",
                              lengths=torch.randint(0, shape[0] + 1, (shape[1],)))
             results = {}
@@ -37,9 +47,9 @@ def main() -> int:
             ok = worst < 1e-4
             failures += not ok
             print(f"max rel err vs stepwise {worst:.2e} {'ok' if ok else 'MISMATCH'}", flush=True)
-    print("persistent smoke done, mismatches:", failures)
+    print(f"persistent smoke ({kernel}) done, mismatches:", failures)
     return 1 if failures else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "grid"))

@@ -3,6 +3,7 @@ projection, peepholes, both GRUs, float32 and bfloat16, the stepwise and the per
 algorithm), for compute-sanitizer to check. Exits non-zero if any result differs from the
 reference oracle."""
 import dataclasses
+import os
 import sys
 
 import torch
@@ -17,6 +18,9 @@ PERSISTENT_CELLS = {"rnn_tanh", "rnn_relu", "lstm", "peephole_lstm", "gru"}
 def main(argv) -> int:
     # --stepwise-only: gpu_check passes it when the persistent smoke test failed or hung.
     stepwise_only = "--stepwise-only" in argv
+    # --cluster: the persistent forward runs as one thread-block cluster (experimental).
+    if "--cluster" in argv:
+        os.environ["FUSED_RNN_PERSISTENT_CLUSTER"] = "1"
     torch.manual_seed(0)
     failures = 0
     for cell in CELLS:

@@ -5,8 +5,10 @@
 
 namespace fused_rnn {
 
-#define FUSED_RNN_STR_(x) #x
-#define FUSED_RNN_STR(x) FUSED_RNN_STR_(x)
+// Variadic: with several architectures the list has commas (800,900), which a one-argument
+// macro would take for several arguments.
+#define FUSED_RNN_STR_(...) #__VA_ARGS__
+#define FUSED_RNN_STR(...) FUSED_RNN_STR_(__VA_ARGS__)
 
 std::string cuda_toolkit_version() { return std::to_string(CUDART_VERSION); }
 

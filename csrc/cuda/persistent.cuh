@@ -239,6 +239,105 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   }
 }
 
+// Elements each thread gathers per round from the other blocks' shared memory (latency bound,
+// like staging from L2).
+constexpr int kGatherInFlight = 4;
+
+// The forward as one cluster (PersistentPlan::cluster, fused_rnn/persistent.h). Per step s:
+//   x_s = h_s, gathered: own units from this block's h buffer, the others' from theirs (DSMEM)
+//   hh_s[:, own rows] = x_s · W_ownᵀ          (shared memory; the steps read hh from there)
+//   h_next[:, own] = h_cur[:, own]; steps[s](b, j) for own j with h and hh in shared memory
+//   cluster barrier
+// h ping-pongs between two shared buffers: step s reads buffer s % 2 (its own and, remotely, the
+// others') and writes its own units of buffer (s + 1) % 2, which nobody reads before the barrier.
+template <class Step>
+__global__ void __launch_bounds__(kPersistentThreads, 1)
+    cluster_forward_kernel(const PersistentForwardArgs<Step> a, const PersistentPlan plan) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  using scalar_t = typename Step::scalar_type;
+  using acc_t = at::opmath_type<scalar_t>;
+  cg::cluster_group cluster = cg::this_cluster();
+  const int H = static_cast<int>(a.H), G = static_cast<int>(a.gates), B = static_cast<int>(a.B);
+  const int U = static_cast<int>(plan.units);
+  const int rank = static_cast<int>(cluster.block_rank());
+  const int u0 = rank * U, units = min_int(U, H - u0);
+  const int rows_pad = static_cast<int>(round_up(G * U, kTileRows));
+  const int batch_pad = static_cast<int>(round_up(B, kTileBatch));
+  const int stride = H + 1;  // padded rows: neighbouring rows start in different banks
+  extern __shared__ __align__(16) unsigned char shared_raw[];
+  acc_t* w_s = reinterpret_cast<acc_t*>(shared_raw);  // [rows_pad][stride] row g*U+u = W_hh row g*H+u0+u
+  acc_t* x_s = w_s + rows_pad * stride;                // [batch_pad][stride] h_s, gathered
+  scalar_t* h_s[2];                                    // [B][H] each; only own units are written
+  h_s[0] = reinterpret_cast<scalar_t*>(x_s + batch_pad * stride);
+  h_s[1] = h_s[0] + B * H;
+  scalar_t* hh_s = h_s[1] + B * H;                     // [B][G*H]; only own columns are written
+
+  for (int i = threadIdx.x; i < rows_pad * H; i += blockDim.x) {
+    const int r = i / H, k = i % H, g = r / U, u = r % U;
+    w_s[r * stride + k] = g < G && u < units
+                              ? static_cast<acc_t>(a.w_hh[static_cast<int64_t>(g * H + u0 + u) * H + k])
+                              : acc_t(0);
+  }
+  for (int i = threadIdx.x; i < (batch_pad - B) * H; i += blockDim.x) {
+    x_s[(B + i / H) * stride + i % H] = acc_t(0);  // padding rows, never gathered into
+  }
+  for (int i = threadIdx.x; i < B * units; i += blockDim.x) {
+    const int k = (i / units) * H + u0 + i % units;
+    h_s[0][k] = a.state[0][k];  // h_0 of the own units
+  }
+  cluster.sync();  // every block's h_0 and W are in place
+
+  Step step = a.steps[0];
+  for (int64_t s = 0; s < a.T; ++s) {
+    scalar_t* h_cur = s % 2 == 0 ? h_s[0] : h_s[1];
+    scalar_t* h_next = s % 2 == 0 ? h_s[1] : h_s[0];
+    const Step next = a.steps[s + 1 < a.T ? s + 1 : s];
+    // Gather h_s: element i = (b, k) comes from the block that owns unit k.
+    for (int i0 = threadIdx.x; i0 < B * H; i0 += blockDim.x * kGatherInFlight) {
+      scalar_t values[kGatherInFlight];
+#pragma unroll
+      for (int n = 0; n < kGatherInFlight; ++n) {
+        const int i = i0 + n * blockDim.x;
+        if (i < B * H) {
+          const int owner = (i % H) / U;
+          const scalar_t* source = owner == rank ? h_cur : cluster.map_shared_rank(h_cur, owner);
+          values[n] = source[i];
+        }
+      }
+#pragma unroll
+      for (int n = 0; n < kGatherInFlight; ++n) {
+        const int i = i0 + n * blockDim.x;
+        if (i < B * H) x_s[(i / H) * stride + i % H] = static_cast<acc_t>(values[n]);
+      }
+    }
+    __syncthreads();
+    tile_dots(w_s, rows_pad, x_s, batch_pad, H, stride, [&](int r, int b, acc_t value) {
+      const int g = r / U, u = r % U;
+      if (b < B && g < G && u < units) hh_s[b * G * H + g * H + u0 + u] = static_cast<scalar_t>(value);
+    });
+    __syncthreads();
+    Step on_chip = step;  // the same step, with its state and hh in shared memory
+    on_chip.h = h_next;
+    on_chip.hh = hh_s;
+    for (int i = threadIdx.x; i < B * units; i += blockDim.x) {
+      const int b = i / units, j = u0 + i % units;
+      h_next[b * H + j] = h_cur[b * H + j];
+      on_chip(b, j);
+    }
+    for (int i = threadIdx.x; i < B * G; i += blockDim.x) {
+      prefetch_l1(next.x_proj + static_cast<int64_t>(i) * H + u0, units * sizeof(scalar_t));
+    }
+    cluster.sync();  // h_next complete in every block; nobody reads h_cur any more
+    step = next;
+  }
+  const scalar_t* h_last = a.T % 2 == 0 ? h_s[0] : h_s[1];
+  for (int i = threadIdx.x; i < B * units; i += blockDim.x) {
+    const int k = (i / units) * H + u0 + i % units;
+    a.state[0][k] = h_last[k];  // h_T; no block reads another's shared memory after the barrier
+  }
+#endif
+}
+
 template <class Step>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
     backward_kernel(const PersistentBackwardArgs<Step> a, const PersistentPlan plan) {
@@ -304,8 +403,60 @@ inline PersistentPlan make_plan(const void* kernel, int64_t B, int64_t H, int64_
   return plan;
 }
 
+// A launch of `blocks` blocks that form one cluster; `attribute` must outlive the config.
+inline cudaLaunchConfig_t cluster_config(int64_t blocks, int64_t shared_bytes,
+                                         cudaLaunchAttribute* attribute) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(blocks));
+  config.blockDim = dim3(kPersistentThreads);
+  config.dynamicSmemBytes = static_cast<size_t>(shared_bytes);
+  config.stream = at::cuda::getCurrentCUDAStream();
+  attribute->id = cudaLaunchAttributeClusterDimension;
+  attribute->val.clusterDim.x = static_cast<unsigned>(blocks);
+  attribute->val.clusterDim.y = 1;
+  attribute->val.clusterDim.z = 1;
+  config.attrs = attribute;
+  config.numAttrs = 1;
+  return config;
+}
+
+// The cluster forward's plan (sm_90): at most kMaxClusterBlocks blocks, and all of B, W's slice,
+// the two h buffers and hh in each block's shared memory; blocks == 0 where that does not fit.
+template <typename acc_t, typename scalar_t, class Kernel>
+PersistentPlan make_cluster_plan(Kernel kernel, int64_t B, int64_t H, int64_t gates) {
+  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
+  if (prop->major < 9 || B < 1) return {};
+  const int64_t units = ceil_div(H, kMaxClusterBlocks);
+  const int64_t blocks = ceil_div(H, units);
+  const int64_t shared_bytes =
+      (round_up(gates * units, kTileRows) + round_up(B, kTileBatch)) * (H + 1) * sizeof(acc_t) +
+      (2 * B * H + B * gates * H) * sizeof(scalar_t);
+  if (shared_bytes > static_cast<int64_t>(prop->sharedMemPerBlockOptin)) return {};
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(shared_bytes)));
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+  cudaLaunchAttribute attribute;
+  const cudaLaunchConfig_t config = cluster_config(blocks, shared_bytes, &attribute);
+  int clusters = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &config));
+  if (clusters < 1) return {};
+  PersistentPlan plan;
+  plan.blocks = blocks;
+  plan.units = units;
+  plan.batch_chunk = B;
+  plan.shared_bytes = shared_bytes;
+  plan.cluster = true;
+  return plan;
+}
+
 template <class Kernel, class Args>
 void launch(Kernel kernel, const Args& args, const PersistentPlan& plan) {
+  if (plan.cluster) {
+    cudaLaunchAttribute attribute;
+    const cudaLaunchConfig_t config = cluster_config(plan.blocks, plan.shared_bytes, &attribute);
+    C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, args, plan));
+    return;
+  }
   void* params[] = {const_cast<Args*>(&args), const_cast<PersistentPlan*>(&plan)};
   C10_CUDA_CHECK(cudaLaunchCooperativeKernel(
       reinterpret_cast<const void*>(kernel), dim3(static_cast<unsigned>(plan.blocks)),
@@ -323,6 +474,13 @@ PersistentPlan plan_persistent_forward(int64_t B, int64_t H, int64_t gates) {
 }
 
 template <class Step>
+PersistentPlan plan_persistent_cluster_forward(int64_t B, int64_t H, int64_t gates) {
+  using scalar_t = typename Step::scalar_type;
+  return persistent::make_cluster_plan<at::opmath_type<scalar_t>, scalar_t>(
+      &persistent::cluster_forward_kernel<Step>, B, H, gates);
+}
+
+template <class Step>
 PersistentPlan plan_persistent_backward(int64_t B, int64_t H, int64_t gates) {
   using acc_t = at::opmath_type<typename Step::scalar_type>;
   return persistent::make_plan(reinterpret_cast<const void*>(&persistent::backward_kernel<Step>),
@@ -331,6 +489,7 @@ PersistentPlan plan_persistent_backward(int64_t B, int64_t H, int64_t gates) {
 
 template <class Step>
 void launch_persistent_forward(const PersistentForwardArgs<Step>& args, const PersistentPlan& plan) {
+  if (plan.cluster) return persistent::launch(&persistent::cluster_forward_kernel<Step>, args, plan);
   persistent::launch(&persistent::forward_kernel<Step>, args, plan);
 }
 
@@ -347,6 +506,8 @@ void launch_persistent_backward(const PersistentBackwardArgs<Step>& args,
 #define FUSED_RNN_INSTANTIATE_PERSISTENT_FOR(Forward, Backward, scalar_t)                       \
   template fused_rnn::PersistentPlan fused_rnn::plan_persistent_forward<Forward<scalar_t>>(    \
       int64_t, int64_t, int64_t);                                                               \
+  template fused_rnn::PersistentPlan                                                          \
+  fused_rnn::plan_persistent_cluster_forward<Forward<scalar_t>>(int64_t, int64_t, int64_t);    \
   template fused_rnn::PersistentPlan fused_rnn::plan_persistent_backward<Backward<scalar_t>>(  \
       int64_t, int64_t, int64_t);                                                               \
   template void fused_rnn::launch_persistent_forward(                                           \

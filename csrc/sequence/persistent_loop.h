@@ -11,6 +11,7 @@
 #endif
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -76,6 +77,13 @@ inline bool persistent_allowed_now(Algo algo) {
   return false;
 }
 
+// FUSED_RNN_PERSISTENT_CLUSTER=1 asks for the experimental one-cluster forward kernel
+// (fused_rnn/persistent.h) wherever it fits; otherwise, and by default, the grid kernel runs.
+inline bool persistent_cluster_requested() {
+  const char* value = std::getenv("FUSED_RNN_PERSISTENT_CLUSTER");
+  return value != nullptr && value[0] == '1' && value[1] == '\0';
+}
+
 // Whether `plan` can run; raises for algo='persistent' when not.
 inline bool plan_fits(Algo algo, const PersistentPlan& plan) {
   if (plan.blocks > 0) return true;
@@ -106,7 +114,9 @@ bool persistent_forward(Algo algo, int64_t T, bool reverse, int64_t gates, const
   const int64_t B = h.size(0), H = h.size(1);
   if (B == 0) return true;  // nothing to compute
   if (!persistent_allowed_now(algo)) return false;
-  const PersistentPlan plan = plan_persistent_forward<Step>(B, H, gates);
+  PersistentPlan plan;
+  if (persistent_cluster_requested()) plan = plan_persistent_cluster_forward<Step>(B, H, gates);
+  if (plan.blocks == 0) plan = plan_persistent_forward<Step>(B, H, gates);
   if (!plan_fits(algo, plan)) return false;
   const Tensor other = at::empty_like(h);  // [B, H] the state of every other step
   scalar_t* state[2] = {h.data_ptr<scalar_t>(), other.data_ptr<scalar_t>()};
@@ -129,7 +139,9 @@ bool persistent_forward(Algo algo, int64_t T, bool reverse, int64_t gates, const
   args.H = H;
   args.gates = gates;
   launch_persistent_forward(args, plan);
-  if (T % 2 == 1) h.copy_(other);  // h_T was written to the second buffer
+  // The grid kernel left h_T in the second buffer after an odd number of steps; the cluster
+  // kernel writes it to h itself.
+  if (!plan.cluster && T % 2 == 1) h.copy_(other);
   return true;
 }
 

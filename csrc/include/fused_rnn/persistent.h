@@ -48,7 +48,17 @@ struct PersistentPlan {
   int64_t units = 0;         // hidden units per block (the last block may have fewer)
   int64_t batch_chunk = 0;   // rows of h (backward: d_pre) staged in shared memory at a time
   int64_t shared_bytes = 0;  // dynamic shared memory per block
+  bool cluster = false;      // forward only: the blocks form one thread-block cluster (below)
 };
+
+// EXPERIMENTAL, not yet run on a GPU: the forward as ONE thread-block cluster of up to
+// kMaxClusterBlocks blocks (sm_90). The state never leaves the chip: each block keeps its units'
+// h in shared memory, reads the other units' h from the other blocks' shared memory (distributed
+// shared memory), keeps hh in shared memory, and meets the others at a cluster barrier (0.2 us
+// measured on an H200, against 1 us for grid.sync). Used only where
+// FUSED_RNN_PERSISTENT_CLUSTER=1 and everything (W slice, all of B) fits in one block's shared
+// memory; tests/test_persistent.py and tools/gpu_check.sh run it that way.
+constexpr int kMaxClusterBlocks = 16;
 
 template <class Step>
 struct PersistentForwardArgs {
@@ -76,6 +86,8 @@ struct PersistentBackwardArgs {
 // Both run on the current device and stream.
 template <class Step>
 PersistentPlan plan_persistent_forward(int64_t B, int64_t H, int64_t gates);
+template <class Step>
+PersistentPlan plan_persistent_cluster_forward(int64_t B, int64_t H, int64_t gates);
 template <class Step>
 PersistentPlan plan_persistent_backward(int64_t B, int64_t H, int64_t gates);
 template <class Step>
