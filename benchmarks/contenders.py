@@ -1,6 +1,9 @@
 """The implementations raced against each other, and how each one is built for a case.
 
     fused      fused_rnn's modules (LSTM, GRU, RNN, PeepholeLSTM): the thing being measured
+    fused_stepwise, fused_persistent   the same with one recurrence algorithm forced
+    fused_graphed   the fused module replayed from CUDA graphs (the stepwise time loop with no
+               launch overhead; the persistent kernel cannot be captured, so auto runs stepwise)
     torch.nn   torch.nn.LSTM/GRU/RNN: cuDNN on CUDA, ATen's native kernels on the CPU
     reference  fused_rnn's pure-PyTorch oracle (module backend="reference", else
                fused_rnn.functional(backend="reference"), else this package's eager step loop)
@@ -186,6 +189,68 @@ class Fused(Contender):
         return None
 
 
+class _FirstOutput(nn.Module):
+    """module(x)[0]: the output sequence alone, the one tensor make_graphed_callables returns."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.inner(x)[0]
+
+
+class _GraphedForward:
+    """x -> module(x)[0] replayed from CUDA graphs, one set per (grad enabled, module.training),
+    each captured on its first call (so the first-call time includes the capture): without grad,
+    one graph of the forward; with grad, torch.cuda.make_graphed_callables' forward and backward
+    graphs."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self.graphed: Dict[Tuple[bool, bool], Callable[[Tensor], Tensor]] = {}
+
+    def __call__(self, x: Tensor) -> Tensor:
+        key = (torch.is_grad_enabled(), self.module.training)
+        if key not in self.graphed:
+            self.graphed[key] = (torch.cuda.make_graphed_callables(_FirstOutput(self.module), (x,))
+                                 if key[0] else self._capture_inference(x))
+        return self.graphed[key](x)
+
+    def _capture_inference(self, x: Tensor) -> Callable[[Tensor], Tensor]:
+        static_x = x.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up (cuBLAS handles, workspaces) off the graph
+            for _ in range(2):
+                self.module(static_x)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_y = self.module(static_x)[0]
+
+        def replay(new_x: Tensor) -> Tensor:
+            static_x.copy_(new_x)
+            graph.replay()
+            return static_y
+        return replay
+
+
+class FusedGraphed(Contender):
+    name = "fused_graphed"
+
+    def build(self, case: Case) -> Built:
+        if case.device.type != "cuda":
+            raise Skip("n/a", "CUDA graphs need a CUDA device")
+        if case.lengths is not None:
+            raise Skip("n/a", "lengths are checked on the host, which a graph cannot replay")
+        cls = _fused_class(case)
+        module = _construct(cls, case, **case.cell.fused_kwargs)
+        load_weights(module, case.weights)
+        return Built(_GraphedForward(module), list(module.parameters()),
+                     f"fused_rnn.{cls.__name__} in CUDA graphs", [module])
+
+
 class TorchNN(Contender):
     name = "torch.nn"
 
@@ -278,12 +343,14 @@ class Compiled(Contender):
         return _from_sequence(case, sequence, f"torch.compile({loops.STEPS[case.cell.name].__name__}) in a Python loop")
 
 
-ORDER = ["fused", "fused_stepwise", "fused_persistent", "torch.nn", "reference", "compiled"]
+ORDER = ["fused", "fused_stepwise", "fused_persistent", "fused_graphed", "torch.nn", "reference",
+         "compiled"]
 
 
 def make_contenders(names: List[str], compile_timeout: Optional[float]) -> List[Contender]:
     available = {"fused": Fused(), "fused_stepwise": Fused("stepwise"),
-                 "fused_persistent": Fused("persistent"), "torch.nn": TorchNN(),
+                 "fused_persistent": Fused("persistent"), "fused_graphed": FusedGraphed(),
+                 "torch.nn": TorchNN(),
                  "reference": Reference(), "compiled": Compiled(compile_timeout)}
     unknown = [n for n in names if n not in available]
     if unknown:

@@ -92,7 +92,8 @@ def test_algorithm_contenders(tmp_path):
     import fused_rnn
     command = [sys.executable, "-m", "benchmarks", "--device", "cpu", "--shape", "6,3,5,16",
                "--cells", "lstm,gru_reset_before", "--modes", "training", "--repeats", "2",
-               "--warmup", "1", "--check", "--contenders", "fused_stepwise,fused_persistent,torch.nn",
+               "--warmup", "1", "--check",
+               "--contenders", "fused_stepwise,fused_persistent,fused_graphed,torch.nn",
                "--out", str(tmp_path), "--no-plot"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -101,6 +102,7 @@ def test_algorithm_contenders(tmp_path):
     status = {(r["cell"], r["contender"]): r["status"] for r in document["results"]}
     assert status[("gru_reset_before", "fused_stepwise")] == "ok"
     assert status[("gru_reset_before", "fused_persistent")] == "n/a"
+    assert status[("lstm", "fused_graphed")] == "n/a"  # CUDA graphs: CUDA only
     if fused_rnn.build_info()["cpu_simd"] == "avx512":  # where the CPU's persistent path runs
         assert status[("lstm", "fused_persistent")] == "ok"
         checks = {(c["cell"], c["contender"]): c for c in document["checks"]}

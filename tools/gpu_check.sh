@@ -11,9 +11,9 @@ OUT=${1:?usage: gpu_check.sh OUT_DIR [GIT_COMMIT]}
 COMMIT=${2:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 PY=${PYTHON:-python3}
 # $OUT gets only what is worth keeping (the device tool brings back at most 8 files): the log and
-# the results JSON, the JSON of the cluster, persistent, auto-limits and quick benchmark runs,
-# pipeline.json: 7 (benchmark_workloads, when asked for, adds its JSON and PNG instead of some of
-# them). Scratch (junit, stage list) stays in $WORK.
+# the results JSON, the JSON of the cluster, persistent, auto-limits, graphed and quick benchmark
+# runs, pipeline.json: 8 (benchmark_workloads, when asked for, adds its JSON and PNG instead of
+# some of them). Scratch (junit, stage list) stays in $WORK.
 WORK=$(mktemp -d)
 mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"
@@ -23,7 +23,7 @@ export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_
 
 DEFAULT_STAGES="environment build toolchain persistent_smoke cluster_smoke tests memcheck racecheck
   memcheck_cluster racecheck_cluster profile_persistent profile_cluster benchmark_cluster benchmark_persistent
-  benchmark_auto_limits barrier_bench benchmark_quick benchmark_pipeline"
+  benchmark_auto_limits benchmark_graphed barrier_bench benchmark_quick benchmark_pipeline"
 DEFAULT_STAGES=$(echo $DEFAULT_STAGES)  # one line
 
 stage() {  # stage NAME SECONDS COMMAND...: run, log, record "NAME rc seconds"
@@ -94,6 +94,10 @@ NCU=(ncu --clock-control none -k regex:forward_kernel --launch-skip 1 --launch-c
 [ $PERSISTENT_OK = 1 ] && stage benchmark_auto_limits 60 "$PY" -m benchmarks --device cuda --cells lstm,gru \
   --workloads deepbench_1024,large_batch,big_h --dtypes fp32,bf16 \
   --contenders fused,fused_stepwise,fused_persistent,torch.nn --no-plot --out "$OUT"
+# The stepwise loop without launch overhead (CUDA graphs) where it races cuDNN (issue 5).
+stage benchmark_graphed 60 "$PY" -m benchmarks --device cuda --cells lstm,gru \
+  --workloads mid,deepbench_1024,big_h,large_batch --dtypes fp32,bf16 \
+  --contenders fused_stepwise,fused_graphed,torch.nn --no-plot --out "$OUT"
 # The floor of a persistent step: one grid barrier (by blocks) or cluster barrier (by size).
 stage barrier_bench 40 bash -c "nvcc -O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 \
   -o $WORK/barrier_bench tools/barrier_bench.cu && $WORK/barrier_bench"
