@@ -190,6 +190,29 @@ struct BlockUnits {
         units(min_int(per_block, H - blockIdx.x * per_block)) {}
 };
 
+// The forward's W slice: w_s row g*U + u = W_hh [G*H, H] row g*H + u0 + u, as the compute type,
+// row stride `stride`; rows of units past `own.units` and rows [G*U, rows_pad) are zero.
+template <typename acc_t, typename scalar_t>
+__device__ void load_own_rows(acc_t* w_s, int stride, int rows_pad, const scalar_t* w_hh, int H,
+                              int G, int U, const BlockUnits& own) {
+  for (int i = threadIdx.x; i < rows_pad * H; i += blockDim.x) {
+    const int r = i / H, k = i % H, g = r / U, u = r % U;
+    w_s[r * stride + k] = g < G && u < own.units
+                              ? static_cast<acc_t>(w_hh[static_cast<int64_t>(g * H + own.u0 + u) * H + k])
+                              : acc_t(0);
+  }
+}
+
+// Starts a step's input rows of the own units (x_proj [B, G*H], read-only in the kernels) on
+// their way to L1, so that they arrive during the barrier instead of after it.
+template <typename scalar_t>
+__device__ void prefetch_own_inputs(const scalar_t* x_proj, int B, int G, int H,
+                                    const BlockUnits& own) {
+  for (int i = threadIdx.x; i < B * G; i += blockDim.x) {
+    prefetch_l1(x_proj + static_cast<int64_t>(i) * H + own.u0, own.units * sizeof(scalar_t));
+  }
+}
+
 template <class Step>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
     forward_kernel(const PersistentForwardArgs<Step> a, const PersistentPlan plan) {
@@ -205,12 +228,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   acc_t* w_s = reinterpret_cast<acc_t*>(shared_raw);  // [rows_pad][stride] row g*U+u = W_hh row g*H+u0+u
   acc_t* h_s = w_s + rows_pad * stride;                // [chunk][stride] rows of the state
 
-  for (int i = threadIdx.x; i < rows_pad * H; i += blockDim.x) {
-    const int r = i / H, k = i % H, g = r / U, u = r % U;
-    w_s[r * stride + k] = g < G && u < own.units
-                              ? static_cast<acc_t>(a.w_hh[static_cast<int64_t>(g * H + own.u0 + u) * H + k])
-                              : acc_t(0);
-  }
+  load_own_rows(w_s, stride, rows_pad, a.w_hh, H, G, U, own);
   Step step = a.steps[0];
   for (int64_t s = 0; s < a.T; ++s) {
     // Selected, not indexed: a dynamic index would copy the array into local memory.
@@ -229,11 +247,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
       h_next[k] = load_cg(h_cur + k);
       step(i / own.units, own.u0 + i % own.units);
     }
-    // The next step's input rows of the own units (x_proj [B, G*H], read-only here) start on
-    // their way to L1 during the barrier instead of after it.
-    for (int i = threadIdx.x; i < B * G; i += blockDim.x) {
-      prefetch_l1(next.x_proj + static_cast<int64_t>(i) * H + own.u0, own.units * sizeof(scalar_t));
-    }
+    prefetch_own_inputs(next.x_proj, B, G, H, own);
     grid.sync();
     step = next;
   }
@@ -260,7 +274,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   const int H = static_cast<int>(a.H), G = static_cast<int>(a.gates), B = static_cast<int>(a.B);
   const int U = static_cast<int>(plan.units);
   const int rank = static_cast<int>(cluster.block_rank());
-  const int u0 = rank * U, units = min_int(U, H - u0);
+  const BlockUnits own(U, H);  // the grid is one cluster: blockIdx.x is the rank
   const int rows_pad = static_cast<int>(round_up(G * U, kTileRows));
   const int batch_pad = static_cast<int>(round_up(B, kTileBatch));
   const int stride = H + 1;  // padded rows: neighbouring rows start in different banks
@@ -272,17 +286,12 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   h_s[1] = h_s[0] + B * H;
   scalar_t* hh_s = h_s[1] + B * H;                     // [B][G*H]; only own columns are written
 
-  for (int i = threadIdx.x; i < rows_pad * H; i += blockDim.x) {
-    const int r = i / H, k = i % H, g = r / U, u = r % U;
-    w_s[r * stride + k] = g < G && u < units
-                              ? static_cast<acc_t>(a.w_hh[static_cast<int64_t>(g * H + u0 + u) * H + k])
-                              : acc_t(0);
-  }
+  load_own_rows(w_s, stride, rows_pad, a.w_hh, H, G, U, own);
   for (int i = threadIdx.x; i < (batch_pad - B) * H; i += blockDim.x) {
     x_s[(B + i / H) * stride + i % H] = acc_t(0);  // padding rows, never gathered into
   }
-  for (int i = threadIdx.x; i < B * units; i += blockDim.x) {
-    const int k = (i / units) * H + u0 + i % units;
+  for (int i = threadIdx.x; i < B * own.units; i += blockDim.x) {
+    const int k = (i / own.units) * H + own.u0 + i % own.units;
     h_s[0][k] = a.state[0][k];  // h_0 of the own units
   }
   cluster.sync();  // every block's h_0 and W are in place
@@ -313,26 +322,26 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     __syncthreads();
     tile_dots(w_s, rows_pad, x_s, batch_pad, H, stride, [&](int r, int b, acc_t value) {
       const int g = r / U, u = r % U;
-      if (b < B && g < G && u < units) hh_s[b * G * H + g * H + u0 + u] = static_cast<scalar_t>(value);
+      if (b < B && g < G && u < own.units) {
+        hh_s[b * G * H + g * H + own.u0 + u] = static_cast<scalar_t>(value);
+      }
     });
     __syncthreads();
     Step on_chip = step;  // the same step, with its state and hh in shared memory
     on_chip.h = h_next;
     on_chip.hh = hh_s;
-    for (int i = threadIdx.x; i < B * units; i += blockDim.x) {
-      const int b = i / units, j = u0 + i % units;
+    for (int i = threadIdx.x; i < B * own.units; i += blockDim.x) {
+      const int b = i / own.units, j = own.u0 + i % own.units;
       h_next[b * H + j] = h_cur[b * H + j];
       on_chip(b, j);
     }
-    for (int i = threadIdx.x; i < B * G; i += blockDim.x) {
-      prefetch_l1(next.x_proj + static_cast<int64_t>(i) * H + u0, units * sizeof(scalar_t));
-    }
+    prefetch_own_inputs(next.x_proj, B, G, H, own);
     cluster.sync();  // h_next complete in every block; nobody reads h_cur any more
     step = next;
   }
   const scalar_t* h_last = a.T % 2 == 0 ? h_s[0] : h_s[1];
-  for (int i = threadIdx.x; i < B * units; i += blockDim.x) {
-    const int k = (i / units) * H + u0 + i % units;
+  for (int i = threadIdx.x; i < B * own.units; i += blockDim.x) {
+    const int k = (i / own.units) * H + own.u0 + i % own.units;
     a.state[0][k] = h_last[k];  // h_T; no block reads another's shared memory after the barrier
   }
 #endif
