@@ -1,8 +1,16 @@
 """Runs a plan: every (workload, cell, dtype) case, every mode, every contender, in one process.
 
 One case at a time: build its shared inputs, build each contender from them (optionally check
-that they agree), then time each contender in each mode. Whatever a contender raises (out of
+that they agree), then time the contenders in each mode. Whatever a contender raises (out of
 memory, unsupported dtype, not implemented yet) becomes an error entry and the run goes on.
+
+The contenders of a (case, mode) are timed interleaved: each in turn gets its first call (under
+its ``first_call_timeout``), its warm-up calls and its peak-memory call; then the timed calls run
+in rounds, each round calling every contender still short of its repetitions once, the first of
+the round rotating (timing.time_in_rounds). The speed of a shared machine drifts over seconds, so
+contenders timed one after the other would each meet a different machine and their ratios would
+swing by 10-20% between runs; interleaved, the drift falls on all of them alike. A contender that
+raises is recorded at once (n/a or error) and left out of the later rounds; the others go on.
 """
 from __future__ import annotations
 
@@ -20,7 +28,7 @@ from .cells import Cell
 from .contenders import Built, Contender, Skip
 from .inputs import Case, make_case
 from .report import ResultLog
-from .timing import Budget, deadline, measure
+from .timing import Budget, Timing, deadline, prepare, time_in_rounds
 from .workloads import Workload
 
 MODES = ("inference", "training")
@@ -124,27 +132,50 @@ class Runner:
                     self._record(base, contender, mode, "error", error=f"build: {_error_text(error)}",
                                  traceback=traceback.format_exc(limit=8))
 
-        by_name = {c.name: c for c in plan.contenders}
         for mode in plan.modes:
-            for name, contender_built in built.items():
-                contender = by_name[name]
-                try:
-                    contender_built.set_training(mode == "training")
-                    timing = measure(_call(contender_built, case.x, mode), plan.device, plan.budget,
-                                     contender.first_call_timeout)
-                except Exception as error:
-                    contender.failed(error)
-                    reason = contender.not_applicable(error)
-                    if reason is not None:
-                        self._record(base, contender, mode, "n/a", contender_built.impl, reason=reason)
-                    else:
-                        self._record(base, contender, mode, "error", contender_built.impl,
-                                     error=_error_text(error), traceback=traceback.format_exc(limit=8))
-                    _release(plan.device)
-                    continue
-                self._record(base, contender, mode, "ok", contender_built.impl, **timing.to_json())
+            self._time_mode(base, case, mode, built)
         del built, case
         _release(plan.device)
+
+    def _time_mode(self, base: Dict[str, str], case: Case, mode: str, built: Dict[str, Built]) -> None:
+        """Times every built contender in one mode, interleaved (see the module's docstring)."""
+        plan = self.plan
+        by_name = {c.name: c for c in plan.contenders}
+        calls: Dict[str, Callable[[], Any]] = {}
+        timings: Dict[str, Timing] = {}
+        failed: List[str] = []
+
+        def fail(name: str, error: Exception) -> None:  # called within the except block
+            failed.append(name)
+            self._record_failure(base, by_name[name], mode, built[name], error)
+
+        # First call, warm-up and peak memory: one contender after the other.
+        for name, contender_built in built.items():
+            try:
+                contender_built.set_training(mode == "training")
+                call = _call(contender_built, case.x, mode)
+                timings[name] = prepare(call, plan.device, plan.budget, by_name[name].first_call_timeout)
+                calls[name] = call
+            except Exception as error:
+                fail(name, error)
+        # The timed calls, in rounds over the contenders still live.
+        time_in_rounds(calls, timings, plan.device, plan.budget, fail)
+        for name in calls:
+            if name not in failed:
+                self._record(base, by_name[name], mode, "ok", built[name].impl, **timings[name].to_json())
+
+    def _record_failure(self, base: Dict[str, str], contender: Contender, mode: str, built: Built,
+                        error: Exception) -> None:
+        """A call of ``contender`` raised ``error``: n/a or an error with its traceback (so it is
+        called within the except block)."""
+        contender.failed(error)
+        reason = contender.not_applicable(error)
+        if reason is not None:
+            self._record(base, contender, mode, "n/a", built.impl, reason=reason)
+        else:
+            self._record(base, contender, mode, "error", built.impl,
+                         error=_error_text(error), traceback=traceback.format_exc(limit=8))
+        _release(self.plan.device)
 
     def _build(self, contender: Contender, case: Case) -> Built:
         if contender.slow and not (case.workload.loop_friendly or self.plan.loops_everywhere):

@@ -3,6 +3,18 @@
 On CUDA each repetition is bracketed by CUDA events (GPU time of the call, launch gaps included,
 which is what a user waits for) and synchronised before the next, so no call overlaps another.
 On the CPU the ops are synchronous and time.perf_counter brackets the call.
+
+The phases are small functions (``first_call``, ``warm_up``, ``peak_memory``, ``time_once``, and
+``prepare`` for the first three) so that one function (``measure``) or several side by side
+(``time_in_rounds``, the suite's way) are timed by the same code. Several functions are timed
+interleaved: round after round, each function still short of its repetitions is called once, the
+first of the round rotating. A shared machine's speed drifts over seconds (other tenants, clock
+and thermal changes); timed one after the other, contenders would meet different machines and
+their ratio would move by 10-20% between runs, while interleaved every contender sees the same
+drift. ``Budget.enough`` decides, for each function on its own, when it has its repetitions.
+(Interleaved, a timed call follows another contender's call rather than its own, so caches hold
+some of the other's data: alike for every contender, and closer to a program running several
+models than back-to-back calls of one are.)
 """
 from __future__ import annotations
 
@@ -12,9 +24,11 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, List, Optional
+from typing import Any, Callable, Hashable, Iterator, List, Mapping, Optional, Sequence, TypeVar
 
 import torch
+
+Key = TypeVar("Key", bound=Hashable)
 
 
 @dataclass
@@ -26,6 +40,14 @@ class Budget:
     seconds: float = 0.5
     min_repeats: int = 3
     max_repeats: int = 100
+
+    def enough(self, times_ms: Sequence[float]) -> bool:
+        """Whether a function timed ``times_ms`` so far has all its repetitions; ``seconds`` counts
+        the function's own timed calls, not the wall time of the rounds they are interleaved in."""
+        if self.repeats is not None:
+            return len(times_ms) >= self.repeats
+        spent = sum(times_ms) / 1e3
+        return len(times_ms) >= self.max_repeats or (len(times_ms) >= self.min_repeats and spent >= self.seconds)
 
 
 @dataclass
@@ -77,7 +99,24 @@ def deadline(seconds: Optional[float]) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def _peak_memory(fn: Callable[[], Any], device: torch.device) -> Optional[int]:
+def first_call(fn: Callable[[], Any], device: torch.device, timeout: Optional[float] = None) -> float:
+    """The first call in ms (lazy initialisation, compilation), abandoned after ``timeout`` s."""
+    synchronize(device)
+    begin = time.perf_counter()
+    with deadline(timeout):
+        fn()
+        synchronize(device)
+    return (time.perf_counter() - begin) * 1e3
+
+
+def warm_up(fn: Callable[[], Any], device: torch.device, calls: int) -> None:
+    for _ in range(calls):
+        fn()
+    synchronize(device)
+
+
+def peak_memory(fn: Callable[[], Any], device: torch.device) -> Optional[int]:
+    """What one call allocates at its peak above what was allocated before (CUDA only)."""
     if device.type != "cuda":
         return None  # no cheap, per-call peak on the CPU: ru_maxrss only ever grows
     synchronize(device)
@@ -89,7 +128,8 @@ def _peak_memory(fn: Callable[[], Any], device: torch.device) -> Optional[int]:
     return torch.cuda.max_memory_allocated(device) - before
 
 
-def _time_once(fn: Callable[[], Any], device: torch.device) -> float:
+def time_once(fn: Callable[[], Any], device: torch.device) -> float:
+    """One timed call in ms."""
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -104,28 +144,46 @@ def _time_once(fn: Callable[[], Any], device: torch.device) -> float:
     return (time.perf_counter() - begin) * 1e3
 
 
+def prepare(fn: Callable[[], Any], device: torch.device, budget: Budget,
+            first_call_timeout: Optional[float] = None) -> Timing:
+    """First call, warm-up and peak memory: a Timing with no timed repetitions yet."""
+    first_call_ms = first_call(fn, device, first_call_timeout)
+    warm_up(fn, device, budget.warmup)
+    return Timing(first_call_ms, [], peak_memory(fn, device))
+
+
+def time_in_rounds(fns: Mapping[Key, Callable[[], Any]], timings: Mapping[Key, Timing],
+                   device: torch.device, budget: Budget,
+                   failed: Optional[Callable[[Key, Exception], None]] = None) -> None:
+    """Appends timed repetitions to ``timings`` (each from ``prepare``), interleaved: each round
+    calls every function that is still short of its repetitions (``budget.enough``) once, in the
+    order of ``fns`` rotated by one more place every round, so none always goes first. One that is
+    done sits out the later rounds while the others go on.
+
+    A call that raises drops its function from the rounds: ``failed(key, error)`` is told, from
+    within the ``except`` block (so ``traceback.format_exc()`` works there), and the others go on.
+    Without ``failed`` the error propagates."""
+    live = list(fns)
+    rounds = 0
+    while True:
+        waiting = [key for key in live if not budget.enough(timings[key].times_ms)]
+        if not waiting:
+            return
+        shift = rounds % len(waiting)
+        rounds += 1
+        for key in waiting[shift:] + waiting[:shift]:
+            try:
+                timings[key].times_ms.append(time_once(fns[key], device))
+            except Exception as error:
+                if failed is None:
+                    raise
+                live.remove(key)
+                failed(key, error)
+
+
 def measure(fn: Callable[[], Any], device: torch.device, budget: Budget,
             first_call_timeout: Optional[float] = None) -> Timing:
-    synchronize(device)
-    begin = time.perf_counter()
-    with deadline(first_call_timeout):
-        fn()
-        synchronize(device)
-    first_call_ms = (time.perf_counter() - begin) * 1e3
-
-    for _ in range(budget.warmup):
-        fn()
-    synchronize(device)
-    peak = _peak_memory(fn, device)
-
-    times: List[float] = []
-    spent = 0.0
-    while True:
-        if budget.repeats is not None:
-            if len(times) >= budget.repeats:
-                break
-        elif len(times) >= budget.max_repeats or (len(times) >= budget.min_repeats and spent >= budget.seconds):
-            break
-        times.append(_time_once(fn, device))
-        spent += times[-1] / 1e3
-    return Timing(first_call_ms, times, peak)
+    """One function on its own: first call, warm-up, peak memory, then its timed repetitions."""
+    timing = prepare(fn, device, budget, first_call_timeout)
+    time_in_rounds({0: fn}, {0: timing}, device, budget)
+    return timing

@@ -122,3 +122,138 @@ def test_persistent_refusal_is_not_applicable(tmp_path):
     persistent = results["fused_persistent"]
     assert persistent["status"] == "n/a" and "cannot run" in persistent["reason"], persistent
     assert results["torch.nn"]["status"] == "ok"
+
+
+# ---------------------------------------------------------------------------------------------
+# Interleaved timing, with fake contenders that log their calls (no RNN runs).
+
+def _suite_modules():
+    if str(REPO) not in sys.path:  # `benchmarks` is a folder of the repository root
+        sys.path.insert(0, str(REPO))
+    from benchmarks import contenders, report, suite, timing, workloads
+    return contenders, report, suite, timing, workloads
+
+
+def _fake_contender(name, calls, fail_on_call=None, error=RuntimeError):
+    """A contender whose forward appends its name to ``calls``; its ``fail_on_call``-th call
+    (counting from 1) and every later one raise ``error``."""
+    contenders = _suite_modules()[0]
+
+    class Fake(contenders.Contender):
+        def __init__(self):
+            self.name = name
+            self.told = []
+
+        def build(self, case):
+            def forward(x):
+                calls.append(name)
+                if fail_on_call is not None and calls.count(name) >= fail_on_call:
+                    raise error(f"{name} broke on call {calls.count(name)}")
+                return x
+            return contenders.Built(forward, [], f"fake {name}")
+
+        def failed(self, err):
+            self.told.append(err)
+
+        def not_applicable(self, err):
+            return str(err) if isinstance(err, ValueError) else None
+
+    return Fake()
+
+
+def _run_fakes(tmp_path, fakes, budget, modes=("inference",)):
+    import torch
+    contenders, report, suite, timing, workloads = _suite_modules()
+    from benchmarks.cells import CELLS
+    plan = suite.Plan(device=torch.device("cpu"),
+                      workloads=[workloads.Workload("tiny", T=2, B=1, I=2, H=2, loop_friendly=True)],
+                      cells=[CELLS["lstm"]], dtypes=["fp32"], modes=list(modes), contenders=fakes,
+                      budget=budget)
+    log = report.ResultLog(tmp_path / "fake.json", {}, {}, {})
+    lines = []
+    suite.Runner(plan, log, lines.append).run()
+    return {(r["contender"], r["mode"]): r for r in log.results}, lines
+
+
+def test_timed_calls_interleave(tmp_path):
+    """First call and warm-up one contender after the other, then rounds of one timed call per
+    contender, the first of each round rotating; each contender gets exactly its repeats."""
+    timing = _suite_modules()[3]
+    calls = []
+    names = ["a", "b", "c"]
+    fakes = [_fake_contender(n, calls) for n in names]
+    results, lines = _run_fakes(tmp_path, fakes, timing.Budget(warmup=2, repeats=4))
+    results = {contender: record for (contender, _), record in results.items()}
+    untimed = 1 + 2  # first call and warm-up (no peak-memory call on the CPU)
+    assert calls[:3 * untimed] == [n for n in names for _ in range(untimed)]
+    timed = calls[3 * untimed:]
+    assert len(timed) == 3 * 4
+    rounds = [timed[i:i + 3] for i in range(0, len(timed), 3)]
+    assert rounds == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
+    for name in names:
+        record = results[name]
+        assert record["status"] == "ok" and record["repeats"] == 4 and len(record["times_ms"]) == 4
+        assert record["impl"] == f"fake {name}" and record["first_call_ms"] > 0
+    assert len(lines) == 3 and all(line.startswith(f"[{i + 1}/3] tiny/lstm/fp32/inference ")
+                                   for i, line in enumerate(lines))
+
+
+def test_time_budget_interleaves_until_each_has_enough(tmp_path):
+    # No fixed repeats and no time to spend: min_repeats each, still in alternating rounds.
+    timing = _suite_modules()[3]
+    calls = []
+    fakes = [_fake_contender(n, calls) for n in ("a", "b")]
+    budget = timing.Budget(warmup=0, seconds=0.0, min_repeats=3, max_repeats=10)
+    results, _ = _run_fakes(tmp_path, fakes, budget)
+    results = {contender: record for (contender, _), record in results.items()}
+    assert calls[2:] == ["a", "b", "b", "a", "a", "b"]
+    assert results["a"]["repeats"] == results["b"]["repeats"] == 3
+
+
+def test_contender_failing_in_timed_calls_is_dropped(tmp_path):
+    """One raising in its timed calls is recorded as an error (with its traceback, the contender
+    told), sits out the later rounds, and the others still get all their timings; one that raises
+    what it calls not applicable is n/a."""
+    timing = _suite_modules()[3]
+    calls = []
+    # warmup=1: calls 1-2 untimed, so call 4 is the broken one's second timed call.
+    broken = _fake_contender("broken", calls, fail_on_call=4)
+    refused = _fake_contender("refused", calls, fail_on_call=3, error=ValueError)
+    fine = _fake_contender("fine", calls)
+    results, lines = _run_fakes(tmp_path, [broken, refused, fine], timing.Budget(warmup=1, repeats=5))
+    results = {contender: record for (contender, _), record in results.items()}
+    assert calls.count("broken") == 4 and calls.count("refused") == 3 and calls.count("fine") == 2 + 5
+    assert results["broken"]["status"] == "error"
+    assert "RuntimeError: broken broke on call 4" in results["broken"]["error"]
+    assert "broke on call 4" in results["broken"]["traceback"]
+    assert results["refused"]["status"] == "n/a" and "refused broke on call 3" in results["refused"]["reason"]
+    assert len(broken.told) == 1 and len(refused.told) == 1 and not fine.told
+    assert results["fine"]["status"] == "ok" and results["fine"]["repeats"] == 5
+    assert len(lines) == 3 and all("[" in line for line in lines)
+
+
+def test_contender_failing_its_first_call_is_left_out(tmp_path):
+    timing = _suite_modules()[3]
+    calls = []
+    broken = _fake_contender("broken", calls, fail_on_call=1)
+    fine = _fake_contender("fine", calls)
+    results, _ = _run_fakes(tmp_path, [broken, fine], timing.Budget(warmup=1, repeats=3),
+                            modes=("inference", "training"))
+    assert calls.count("broken") == 2  # its first call, once per mode
+    for mode in ("inference", "training"):
+        assert results[("broken", mode)]["status"] == "error"
+        assert results[("fine", mode)]["status"] == "ok" and results[("fine", mode)]["repeats"] == 3
+    assert len(broken.told) == 2
+
+
+def test_measure_alone():
+    """measure(), for callers timing one function, still does first call, warm-up, repeats."""
+    import torch
+    timing = _suite_modules()[3]
+    count = []
+    result = timing.measure(lambda: count.append(1), torch.device("cpu"), timing.Budget(warmup=2, repeats=4))
+    assert len(count) == 1 + 2 + 4 and len(result.times_ms) == 4 and result.peak_memory_bytes is None
+    budget = timing.Budget(warmup=0, seconds=0.0, min_repeats=2, max_repeats=5)
+    assert len(timing.measure(lambda: None, torch.device("cpu"), budget).times_ms) == 2
+    with pytest.raises(ZeroDivisionError):
+        timing.measure(lambda: 1 / 0, torch.device("cpu"), budget)

@@ -25,8 +25,11 @@ def test_build_runs_parallel_loops():
     assert fused_rnn.build_info()["openmp"]
 
 
+# (2, 3, 8, 1040): the GEMMs' K (H forward, gates * H backward) spans two or more K blocks
+# (kBlockK = 1024 in csrc/cpu/packed_layout.h).
 @with_threads
-@pytest.mark.parametrize("shape", [(5, 7, 9, 32), (4, 13, 16, 48), (3, 1, 8, 128)], ids=str)
+@pytest.mark.parametrize("shape", [(5, 7, 9, 32), (4, 13, 16, 48), (3, 1, 8, 128), (2, 3, 8, 1040)],
+                         ids=str)
 @pytest.mark.parametrize("cell", CELLS)
 def test_matches_reference(cell, shape, threads):
     torch.manual_seed(3)

@@ -11,8 +11,9 @@
 // step needs. A panel is stored k-major: panel[k][v * 16 + u] = B(k, chunk_col[v] + u).
 #pragma once
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
-#include <memory>
 #include <vector>
 
 #include "packed_layout.h"
@@ -31,20 +32,18 @@ class PackedMatrix {
   int64_t K() const { return K_; }
   int64_t panels() const { return static_cast<int64_t>(panel_offset_.size()); }
   int64_t chunks(int64_t panel) const { return panel_chunks_[panel]; }
-  const float* panel_data(int64_t panel) const { return data_.get() + panel_offset_[panel]; }
+  Panel panel(int64_t p) const;
   // The first output column of chunk v of a panel.
   int64_t chunk_col(int64_t panel, int64_t v) const { return chunk_cols_[panel * per_panel_ + v]; }
 
  private:
-  struct FreeAligned {
-    void operator()(float* p) const;
-  };
   int64_t K_;
   int64_t per_panel_;
   std::vector<int64_t> chunk_cols_;     // [chunks]
   std::vector<int64_t> panel_chunks_;   // [panels] chunks in each panel (the last may have fewer)
   std::vector<int64_t> panel_offset_;   // [panels] float offset of each panel in data_
-  std::unique_ptr<float[], FreeAligned> data_;  // [sum over panels of K * chunks * 16], 64-B aligned
+  at::Tensor storage_;  // float [sum over panels of K * chunks * 16 (+ 16)], 64-byte aligned
+  float* data_;         // storage_'s data
 };
 
 // For panels [panel_begin, panel_end) of b: C(r, cols) (+)= sum_k A(r, k) B(k, cols) for rows
@@ -57,8 +56,10 @@ void packed_gemm(const float* a, int64_t lda_r, int64_t lda_k, int64_t rows, con
 // A whole GEMM on all threads, for the large products outside the time loop (input
 // projection, weight gradients): C [M, N] (+)= A [M, K] · B [K, N] with
 //   A(r, k) = a[r * lda_r + k * lda_k], B(k, n) = b[k * ldb_k + n * ldb_n], C row r at c + r * ldc.
-// Without accumulate, C starts from the row vector bias [N] when given (else 0). Packs B, then
-// splits the rows of C between the threads. Requires N % 16 == 0, K > 0 and cpu_has_avx512().
+// Without accumulate, C starts from the row vector bias [N] when given (else 0). B is packed
+// first, except a row-major B with a column-major A (a weight gradient, whose B is an activation
+// sequence), read in place. Splits the rows of C between the threads. Requires N % 16 == 0,
+// K > 0 and cpu_has_avx512().
 void gemm(const float* a, int64_t lda_r, int64_t lda_k, const float* b, int64_t ldb_k,
           int64_t ldb_n, float* c, int64_t ldc, int64_t M, int64_t K, int64_t N, bool accumulate,
           const float* bias = nullptr);

@@ -18,7 +18,8 @@ namespace {
 struct Tile {
   const float* a;                // A row 0 of the tile; A(r, k) = a[r * lda_r + k * lda_k]
   int64_t lda_r, lda_k;
-  const float* panel;            // [K][NV * 16], 64-byte aligned
+  const float* panel;            // row k of the panel (NV vectors) at panel + k * ld_panel
+  int64_t ld_panel;
   int64_t k0, k1;                // the block of K this call covers
   float* const* c_chunk;         // [NV] output row 0 of each 16-column chunk
   int64_t ldc;
@@ -38,9 +39,9 @@ void tile(const Tile& t) {
     }
   }
   for (int64_t k = t.k0; k < t.k1; ++k) {
-    const float* b_row = t.panel + k * NV * 16;
+    const float* b_row = t.panel + k * t.ld_panel;
     __m512 b[NV];
-    for (int v = 0; v < NV; ++v) b[v] = _mm512_load_ps(b_row + v * 16);
+    for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_ps(b_row + v * 16);
     for (int r = 0; r < MR; ++r) {
       const __m512 a_rk = _mm512_set1_ps(t.a[r * t.lda_r + k * t.lda_k]);
       for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(a_rk, b[v], acc[r][v]);
@@ -73,14 +74,15 @@ void panel_rows(Tile t, int64_t rows) {
 
 }  // namespace
 
-// Rows [0, rows) of A times rows [k0, k1) of one panel of `chunks` (1..4) vectors; c_chunk[v] is
+// Rows [0, rows) of A times rows [k0, k1) of one panel of `chunks` (1..4) vectors (row k at
+// panel + k * ld_panel); c_chunk[v] is
 // where output row 0 of chunk v lives, bias_chunk[v] (or nullptr) the bias of its columns. The
-// caller walks K in blocks (kBlockK in packed_gemm.h).
+// caller walks K in blocks (kBlockK in packed_layout.h).
 void panel_block_avx512(const float* a, int64_t lda_r, int64_t lda_k, int64_t rows,
-                        const float* panel, int64_t k0, int64_t k1, int64_t chunks,
-                        float* const* c_chunk, int64_t ldc, bool accumulate,
+                        const float* panel, int64_t ld_panel, int64_t k0, int64_t k1,
+                        int64_t chunks, float* const* c_chunk, int64_t ldc, bool accumulate,
                         const float* const* bias_chunk) {
-  const Tile t{a, lda_r, lda_k, panel, k0, k1, c_chunk, ldc, accumulate, bias_chunk};
+  const Tile t{a, lda_r, lda_k, panel, ld_panel, k0, k1, c_chunk, ldc, accumulate, bias_chunk};
   switch (chunks) {
     case 1: return panel_rows<1>(t, rows);
     case 2: return panel_rows<2>(t, rows);

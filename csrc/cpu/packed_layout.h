@@ -1,5 +1,6 @@
-// The sizes that fix the packed GEMM's layout and blocking (packed_gemm.h). Constants only, so
-// that the AVX-512 kernel file can include it without any inline code.
+// The sizes that fix the packed GEMM's layout and blocking (packed_gemm.h), and the view of one
+// panel that its kernel reads. Constants and plain data only, so that the AVX-512 kernel file can
+// include it without any inline code.
 #pragma once
 
 #include <cstdint>
@@ -11,13 +12,35 @@ constexpr int64_t kChunk = 16;  // columns per chunk (floats per AVX-512 vector)
 constexpr int64_t kMaxChunksPerPanel = 4;
 // Rows of A per register tile: 6 rows x 4 vectors = 24 accumulators of the 32 zmm registers.
 constexpr int64_t kTileRows = 6;
-// K is walked in blocks of this many rows of a panel, so that the panel's slice (up to
-// 128 x 64 floats = 32 KiB) stays in L1 while the row tiles of A stream past it.
-constexpr int64_t kBlockK = 128;
-// cpu::gemm's blocks of C: kGroupRows rows x kGroupPanels panels (96 x 1024 floats, 384 KiB),
-// small enough to stay in L2 while all of K passes.
-constexpr int64_t kGroupRows = 16 * kTileRows;
-constexpr int64_t kGroupPanels = 16;
+// How a GEMM walks its operands: C in blocks of `rows` rows x `panels` panels, which stay in L2
+// while all of K passes in blocks of `k` rows; within a block each register tile's accumulators
+// stay in registers (the tile's start and end, loading and storing its C rows, is paid once per
+// K block), and the panels' K block meets all of the group's row tiles.
+struct Blocking {
+  int64_t rows, panels, k;
+};
+// A read along its rows (input projection, d x, the recurrence): long K blocks, the panel's
+// block (up to 1024 x 64 floats, 256 KiB) read from L2, whose bandwidth 6-row tiles do not
+// exceed. Measured on the 2-core AMD EPYC (AVX-512), one thread, 265 GF/s FMA peak: K blocks of
+// 128 ran at 200-240 GF/s, of 1024 at 250-258.
+constexpr Blocking kRowMajorA{64 * kTileRows, 4, 1024};
+// A read down its columns (a weight gradient's d_preᵀ, where K = T·B): each k of a tile is
+// another row of A, another page, so short K blocks keep a tile's rows of A in L1 and the TLB
+// (long ones ran 30% slower there): ~210 GF/s.
+constexpr Blocking kColumnMajorA{16 * kTileRows, 16, 128};
+// The recurrence's GEMMs (packed_gemm: B rows of h times the thread's panels) read h along its
+// rows.
+constexpr int64_t kBlockK = kRowMajorA.k;
+
+// One panel of B as the kernel reads it: row k of the panel (its `chunks` vectors of 16 columns,
+// side by side) starts at data + k * ld. A packed panel has ld = chunks * 16; a row-major B is
+// used in place, its panel p being columns [64p, 64p + 64) with ld = B's row stride.
+struct Panel {
+  const float* data;
+  int64_t ld;
+  int64_t chunks;                       // 1 .. kMaxChunksPerPanel
+  int64_t first_col[kMaxChunksPerPanel];  // the output column of each chunk's first lane
+};
 
 }  // namespace cpu
 }  // namespace fused_rnn
