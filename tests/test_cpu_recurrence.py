@@ -46,6 +46,23 @@ def test_lengths_and_reverse(cell, reverse, threads):
     assert_matches_reference(case, torch.float32)
 
 
+# The loops the packed recurrence does not run (algo="stepwise", state dropout, LSTM projection,
+# the reset_before GRU) multiply each step with W packed once (StepGemm, csrc/sequence/gemm.h)
+# when the product's width is a multiple of 16: hidden 32 and 48, projection 16 (lstm_proj's
+# W_hr and W_hh), rows not a multiple of the 6-row tile, every thread count.
+@with_threads
+@pytest.mark.parametrize("state_dropout", [0.0, 0.3], ids=["", "state_dropout"])
+@pytest.mark.parametrize("hidden", [32, 48])
+@pytest.mark.parametrize("cell", CELLS + ["lstm_proj", "gru_reset_before"])
+def test_step_gemm_loops_match_reference(cell, hidden, state_dropout, threads):
+    torch.manual_seed(6)
+    lengths = torch.tensor([5, 2, 5, 0, 4, 1, 3])
+    case = make_case(cell, 5, 7, 9, hidden, dtype=torch.float32, proj=16, lengths=lengths,
+                     state_dropout=state_dropout)
+    case.algo = "auto" if cell in ("lstm_proj", "gru_reset_before") or state_dropout else "stepwise"
+    assert_matches_reference(case, torch.float32)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_threads_agree(cell):
     """The panels a thread owns change with the thread count; the numbers must not."""

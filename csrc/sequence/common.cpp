@@ -183,9 +183,9 @@ const Tensor& StateDropout::gemm_input(const Tensor& h) {
   return dropped_;
 }
 
-void StateDropout::backprop(Tensor& dh, const Tensor& d_pre, const Tensor& w) {
-  if (!active()) return gemm_ab(dh, d_pre, w, /*accumulate=*/true);
-  gemm_ab(grad_, d_pre, w, /*accumulate=*/false);
+void StateDropout::backprop(Tensor& dh, const Tensor& d_pre, const StepGemm& w) {
+  if (!active()) return w(dh, d_pre, /*accumulate=*/true);
+  w(grad_, d_pre, /*accumulate=*/false);
   dh.addcmul_(grad_, mask_);
 }
 

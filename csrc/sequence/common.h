@@ -86,6 +86,7 @@ struct StepInput {
 StepInput step_input(const Tensor& sequence);
 
 class StateDropout;
+class StepGemm;
 
 // The recurrent weight's gradient Σ_t d_pre[t]ᵀ · prev[t] -> [N, P], with prev =
 // previous_states(states, initial, lengths, reverse) (⊙ the dropout mask), without building prev
@@ -113,8 +114,8 @@ class StateDropout {
   bool active() const { return mask_.defined(); }
   // Forward: the GEMM's input for state h [B, P] (h itself when inactive).
   const Tensor& gemm_input(const Tensor& h);
-  // Backward: dh [B, P] += (d_pre [B, N] · w [N, P]) ⊙ mask.
-  void backprop(Tensor& dh, const Tensor& d_pre, const Tensor& w);
+  // Backward: dh [B, P] += (d_pre [B, N] · w [N, P]) ⊙ mask (w as a StepGemm, not transposed).
+  void backprop(Tensor& dh, const Tensor& d_pre, const StepGemm& w);
   // Backward: dh [B, P] += grad [B, P] ⊙ mask, grad being the gradient w.r.t. the GEMMs' input
   // (nothing to do when inactive: then callers accumulate into dh directly).
   void add_masked(Tensor& dh, const Tensor& grad) const;

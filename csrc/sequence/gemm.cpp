@@ -1,6 +1,10 @@
 #include "gemm.h"
 
+#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <vector>
 
 #include "../cpu/packed_gemm.h"
 #include "fused_rnn/check_message.h"
@@ -65,6 +69,45 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<
             w.stride(0), out.data_ptr<float>(), N, M, K, N, /*accumulate=*/false,
             bias.defined() ? bias.data_ptr<float>() : nullptr);
   return out;
+}
+
+StepGemm::StepGemm(const at::Tensor& w, bool transposed) : w_(w), transposed_(transposed) {
+#ifdef FUSED_RNN_CPU_AVX2
+  TORCH_INTERNAL_ASSERT(w.dim() == 2);
+  const int64_t N = transposed ? w.size(0) : w.size(1), K = transposed ? w.size(1) : w.size(0);
+  if (!(w.is_cpu() && w.scalar_type() == at::kFloat && N % cpu::kChunk == 0 && N > 0 && K > 0 &&
+        cpu_has_avx512())) {
+    return;
+  }
+  std::vector<int64_t> chunk_cols;
+  for (int64_t n = 0; n < N; n += cpu::kChunk) chunk_cols.push_back(n);
+  // B(k, n) of the product: w[n, k] when transposed, else w[k, n].
+  const int64_t stride_k = transposed ? w.stride(1) : w.stride(0);
+  const int64_t stride_n = transposed ? w.stride(0) : w.stride(1);
+  packed_ = std::make_shared<const cpu::PackedMatrix>(w.data_ptr<float>(), stride_k, stride_n, K,
+                                                      chunk_cols, cpu::kMaxChunksPerPanel);
+#endif
+}
+
+void StepGemm::operator()(const at::Tensor& out, const at::Tensor& a, bool accumulate) const {
+  if (!packed_) {
+    return transposed_ ? gemm_abt(out, a, w_, accumulate) : gemm_ab(out, a, w_, accumulate);
+  }
+  check_rows(out, "out");
+  check_rows(a, "a");
+  const int64_t M = a.size(0);
+  TORCH_INTERNAL_ASSERT(a.scalar_type() == at::kFloat && out.scalar_type() == at::kFloat &&
+                        a.size(1) == packed_->K() && out.size(0) == M);
+  if (M == 0) return;
+  const float* a_data = a.data_ptr<float>();
+  float* c = out.data_ptr<float>();
+  // Panels split between the threads; a small product (below ~256k multiply-adds a thread)
+  // stays on fewer of them, where forking would cost more than it saves.
+  const int64_t per_panel = M * packed_->K() * cpu::kMaxChunksPerPanel * cpu::kChunk;
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / per_panel);
+  at::parallel_for(0, packed_->panels(), grain, [&](int64_t p0, int64_t p1) {
+    cpu::packed_gemm(a_data, a.stride(0), 1, M, *packed_, p0, p1, c, out.stride(0), accumulate);
+  });
 }
 
 void gemm_abt(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {

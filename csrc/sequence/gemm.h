@@ -10,10 +10,34 @@
 
 #include <ATen/ATen.h>
 
+#include <memory>
+
 namespace fused_rnn {
+namespace cpu {
+class PackedMatrix;
+}
 
 void gemm_abt(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate);
 void gemm_ab(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate);
+
+// The GEMM of every step of a loop, whose right operand w stays the same for the sequence:
+//   transposed: out [M, N] (+)= a [M, K] · wᵀ, w [N, K]   (forward: h · W_hhᵀ)
+//   otherwise:  out [M, N] (+)= a [M, K] · w,  w [K, N]   (backward: d gates · W_hh)
+// Float on a CPU with AVX-512 and N % 16 == 0: w is packed once (cpu/packed_gemm.h) and each
+// step runs our GEMM on all threads (MKL runs its AVX2 code on AMD CPUs, at half the speed, and
+// repacks w every step). Elsewhere gemm_abt / gemm_ab. The loops that the packed recurrence
+// (cpu/recurrence.h) cannot run use it: algo="stepwise", state dropout, LSTM projection and
+// the reset_before GRU.
+class StepGemm {
+ public:
+  StepGemm(const at::Tensor& w, bool transposed);
+  void operator()(const at::Tensor& out, const at::Tensor& a, bool accumulate) const;
+
+ private:
+  at::Tensor w_;
+  bool transposed_;
+  std::shared_ptr<const cpu::PackedMatrix> packed_;  // w packed, or null
+};
 
 // The large products outside the time loops (input projection, its gradients, the weight
 // gradients): x [M, K] · wᵀ (+ b), w [N, K], b [N]; any strides (transposed views included).

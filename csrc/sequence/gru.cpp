@@ -78,14 +78,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& x_proj_in, 
     state_step.hh_n = hh_n.data_ptr<scalar_t>();
     state_step.b_hh = b_hh_data;
     state_step.h = h.data_ptr<scalar_t>();
+    const StepGemm rz_product(w_rz, /*transposed=*/true), n_product(w_n, /*transposed=*/true);
     for (int64_t s = 0; s < T; ++s) {
       const int64_t t = time_at(s, T, reverse);
-      gemm_abt(hh_rz, dropout.gemm_input(h), w_rz, /*accumulate=*/false);
+      rz_product(hh_rz, dropout.gemm_input(h), /*accumulate=*/false);
       gates_step.mask = state_step.mask = {lengths_ptr(lengths), t};
       gates_step.x_proj = state_step.x_proj = x_at(t);
       gates_step.gates = state_step.gates = gates_at(t);
       launch_step(gates_step, B, H, device);
-      gemm_abt(hh_n, rh, w_n, /*accumulate=*/false);
+      n_product(hh_n, rh, /*accumulate=*/false);
       state_step.y = y.data_ptr<scalar_t>() + t * B * H;
       launch_step(state_step, B, H, device);
     }
@@ -169,6 +170,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
     r_step.H = H;
     r_step.d_rh = d_rh.data_ptr<scalar_t>();
     r_step.dh = d_hd.data_ptr<scalar_t>();
+    // d (r h) = d_n · W_hn and dh += d_{r,z} · W_h{r,z}: products with the weights themselves.
+    const StepGemm rz_product(w_rz, /*transposed=*/false), n_product(w_n, /*transposed=*/false);
     for (int64_t s = T - 1; s >= 0; --s) {
       const int64_t t = time_at(s, T, reverse);
       zn_step.mask = r_step.mask = {lengths_ptr(lengths), t};
@@ -179,10 +182,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
       zn_step.d_x = r_step.d_x = at_t(d_x, t, 3 * H);
       launch_step(zn_step, B, H, device);
       const Tensor d_x_t = d_x.select(0, t);  // [B, 3H]
-      gemm_ab(d_rh, d_x_t.narrow(1, 2 * H, H), w_n, /*accumulate=*/false);
+      n_product(d_rh, d_x_t.narrow(1, 2 * H, H), /*accumulate=*/false);
       if (dropout.active()) d_hd.zero_();
       launch_step(r_step, B, H, device);
-      gemm_ab(d_hd, d_x_t.narrow(1, 0, 2 * H), w_rz, /*accumulate=*/true);
+      rz_product(d_hd, d_x_t.narrow(1, 0, 2 * H), /*accumulate=*/true);
       dropout.add_masked(dh, d_hd);
     }
     // W_h{r,z} saw h_{t-1} (⊙ mask); W_hn saw r h_{t-1} (⊙ mask).

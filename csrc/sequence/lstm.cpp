@@ -86,11 +86,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     if (!project) return forward_loop(T, reverse, 4, h, w, hh, dropout, algo, step_at);
     require_not_persistent(algo, "an LSTM projection (proj_size)");
     // With a projection each step is: hh = W_hh h, the cell step (writes m), h = W_hr m, mask.
+    const StepGemm recurrent(w, /*transposed=*/true), projection(w_proj, /*transposed=*/true);
     for (int64_t s = 0; s < T; ++s) {
       const int64_t t = time_at(s, T, reverse);
-      gemm_abt(hh, dropout.gemm_input(h), w, /*accumulate=*/false);
+      recurrent(hh, dropout.gemm_input(h), /*accumulate=*/false);
       launch_step(step_at(t), B, H, x_proj.device());
-      gemm_abt(h_new, m, w_proj, /*accumulate=*/false);
+      projection(h_new, m, /*accumulate=*/false);
       mask_step.mask = {lengths_ptr(lengths), t};
       mask_step.y = y.data_ptr<scalar_t>() + t * B * P;
       launch_step(mask_step, B, P, x_proj.device());
@@ -162,15 +163,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     if (!project) return backward_loop(T, reverse, 4, dh, d_gates, w, dropout, algo, step_at);
     require_not_persistent(algo, "an LSTM projection (proj_size)");
     // With a projection, d m_t = W_hrᵀ (d h_t on valid rows) comes first.
+    const StepGemm recurrent(w, /*transposed=*/false), projection(w_hr_c, /*transposed=*/false);
     for (int64_t s = T - 1; s >= 0; --s) {
       const int64_t t = time_at(s, T, reverse);
       carry_step.mask = {lengths_ptr(lengths), t};
       carry_step.grad_y = grad_y.at<scalar_t>(t);
       carry_step.dh_valid = dh_valid.data_ptr<scalar_t>() + t * B * P;
       launch_step(carry_step, B, P, gates.device());
-      gemm_ab(dm, dh_valid.select(0, t), w_hr_c, /*accumulate=*/false);
+      projection(dm, dh_valid.select(0, t), /*accumulate=*/false);
       launch_step(step_at(t), B, H, gates.device());
-      dropout.backprop(dh, d_gates.select(0, t), w);
+      dropout.backprop(dh, d_gates.select(0, t), recurrent);
     }
   });
 

@@ -93,8 +93,9 @@ void forward_loop(int64_t T, bool reverse, int64_t gates, const Tensor& h, const
       return;
     }
   }
+  const StepGemm recurrent(w, /*transposed=*/true);
   for (int64_t s = 0; s < T; ++s) {
-    gemm_abt(hh, dropout.gemm_input(h), w, /*accumulate=*/false);
+    recurrent(hh, dropout.gemm_input(h), /*accumulate=*/false);
     launch_step(step_at(time_at(s, T, reverse)), B, H, h.device());
   }
 }
@@ -139,10 +140,11 @@ void backward_loop(int64_t T, bool reverse, int64_t gates, const Tensor& dh, con
     }
   }
   Tensor dh_carry = dh;
+  const StepGemm recurrent(w, /*transposed=*/false);
   for (int64_t s = T - 1; s >= 0; --s) {
     const int64_t t = time_at(s, T, reverse);
     launch_step(step_at(t), B, H, dh.device());
-    dropout.backprop(dh_carry, d_pre.select(0, t), w);
+    dropout.backprop(dh_carry, d_pre.select(0, t), recurrent);
   }
 }
 
