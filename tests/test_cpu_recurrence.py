@@ -33,7 +33,9 @@ def test_build_runs_parallel_loops():
 @pytest.mark.parametrize("cell", CELLS)
 def test_matches_reference(cell, shape, threads):
     torch.manual_seed(3)
-    assert_matches_reference(make_case(cell, *shape, dtype=torch.float32), torch.float32)
+    case = make_case(cell, *shape, dtype=torch.float32)
+    case.algo = "persistent"  # auto would leave these short sequences to the stepwise loop
+    assert_matches_reference(case, torch.float32)
 
 
 @with_threads
@@ -43,24 +45,44 @@ def test_lengths_and_reverse(cell, reverse, threads):
     torch.manual_seed(4)
     lengths = torch.tensor([6, 0, 3, 1, 6, 5, 2])
     case = make_case(cell, 6, 7, 5, 64, dtype=torch.float32, lengths=lengths, reverse=reverse)
+    case.algo = "persistent"
     assert_matches_reference(case, torch.float32)
 
 
 # The loops the packed recurrence does not run (algo="stepwise", state dropout, LSTM projection,
 # the reset_before GRU) multiply each step with W packed once (StepGemm, csrc/sequence/gemm.h)
-# when the product's width is a multiple of 16: hidden 32 and 48, projection 16 (lstm_proj's
-# W_hr and W_hh), rows not a multiple of the 6-row tile, every thread count.
+# when the product's width is a multiple of 16 and the sequence has T·B >= 128 rows: hidden 32
+# and 48, projection 16 (lstm_proj's W_hr and W_hh), 10 x 13 rows (not a multiple of the 6-row
+# tile), every thread count.
 @with_threads
 @pytest.mark.parametrize("state_dropout", [0.0, 0.3], ids=["", "state_dropout"])
 @pytest.mark.parametrize("hidden", [32, 48])
 @pytest.mark.parametrize("cell", CELLS + ["lstm_proj", "gru_reset_before"])
 def test_step_gemm_loops_match_reference(cell, hidden, state_dropout, threads):
     torch.manual_seed(6)
-    lengths = torch.tensor([5, 2, 5, 0, 4, 1, 3])
-    case = make_case(cell, 5, 7, 9, hidden, dtype=torch.float32, proj=16, lengths=lengths,
+    lengths = torch.tensor([10, 2, 10, 0, 7, 1, 3, 10, 9, 5, 10, 4, 8])
+    case = make_case(cell, 10, 13, 9, hidden, dtype=torch.float32, proj=16, lengths=lengths,
                      state_dropout=state_dropout)
     case.algo = "auto" if cell in ("lstm_proj", "gru_reset_before") or state_dropout else "stepwise"
     assert_matches_reference(case, torch.float32)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_auto_packs_only_long_enough_sequences(cell):
+    """Below T·B = 128 rows auto runs the stepwise loop with ATen's GEMM, not the packed
+    recurrence (packing W_hh costs about as much as ~100 rows gain): a cell called once per token
+    must not pack W_hh (and W_ih) on every call. Each algorithm's result is deterministic and the
+    two differ in their last bits here, so auto's result tells which one ran. (From 128 rows on,
+    the stepwise loop packs W_hh too and both algorithms give the same bits.)"""
+    for steps, batch in [(1, 1), (3, 42)]:
+        torch.manual_seed(7)
+        case = make_case(cell, steps, batch, 16, 256, dtype=torch.float32, requires_grad=False)
+        results = {}
+        for algo in ("auto", "stepwise", "persistent"):
+            case.algo = algo
+            results[algo] = case.run("fused")[0]
+        assert torch.equal(results["auto"], results["stepwise"]), (steps, batch)
+        assert not torch.equal(results["auto"], results["persistent"]), (steps, batch)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
@@ -68,6 +90,7 @@ def test_threads_agree(cell):
     """The panels a thread owns change with the thread count; the numbers must not."""
     torch.manual_seed(5)
     case = make_case(cell, 7, 10, 6, 96, dtype=torch.float32)
+    case.algo = "persistent"
     before = torch.get_num_threads()
     try:
         results = []

@@ -35,13 +35,16 @@ void gemm(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool 
   }
 }
 
-// Whether linear() runs the packed CPU GEMM for x [M, K] · wᵀ, w [N, K]: below about a million
-// multiply-adds packing w costs more than MKL's speed loses.
+// Whether linear() runs our CPU GEMM for x [M, K] · wᵀ, w [N, K]: from about a million
+// multiply-adds, and, where it packs w (all but a weight gradient's in-place operand, see
+// cpu::gemm), for at least kMinRowsToPack rows.
 bool use_packed_gemm(const at::Tensor& x, const at::Tensor& w) {
 #ifdef FUSED_RNN_CPU_AVX2
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  const bool packs_w = !(w.stride(0) == 1 && x.stride(1) != 1);
   return x.is_cpu() && x.scalar_type() == at::kFloat && N % cpu::kChunk == 0 &&
-         M * K * N >= (int64_t{1} << 20) && cpu_has_avx512();
+         M * K * N >= (int64_t{1} << 20) && (M >= kMinRowsToPack || !packs_w) &&
+         cpu_has_avx512();
 #else
   return false;
 #endif
@@ -71,12 +74,13 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<
   return out;
 }
 
-StepGemm::StepGemm(const at::Tensor& w, bool transposed) : w_(w), transposed_(transposed) {
+StepGemm::StepGemm(const at::Tensor& w, bool transposed, int64_t rows)
+    : w_(w), transposed_(transposed) {
 #ifdef FUSED_RNN_CPU_AVX2
   TORCH_INTERNAL_ASSERT(w.dim() == 2);
   const int64_t N = transposed ? w.size(0) : w.size(1), K = transposed ? w.size(1) : w.size(0);
   if (!(w.is_cpu() && w.scalar_type() == at::kFloat && N % cpu::kChunk == 0 && N > 0 && K > 0 &&
-        cpu_has_avx512())) {
+        rows >= kMinRowsToPack && cpu_has_avx512())) {
     return;
   }
   std::vector<int64_t> chunk_cols;

@@ -20,6 +20,14 @@ class PackedMatrix;
 void gemm_abt(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate);
 void gemm_ab(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate);
 
+// Packing a weight w [N, K] for our CPU GEMM costs about as much as multiplying ~100 rows by it
+// with ATen's GEMM (MKL's AVX2 code on AMD CPUs) would lose to ours: measured on the 2-core EPYC,
+// packing ran at ~0.5 ns an element, and our GEMM saves ~5 ps per multiply-add. So a product that
+// would pack w runs ours only when it multiplies at least this many rows by w in total. (A cell
+// called once per token, B = 1, ran 6x slower than torch.nn.LSTMCell when it packed W_ih and
+// W_hh on every call.)
+constexpr int64_t kMinRowsToPack = 128;
+
 // The GEMM of every step of a loop, whose right operand w stays the same for the sequence:
 //   transposed: out [M, N] (+)= a [M, K] · wᵀ, w [N, K]   (forward: h · W_hhᵀ)
 //   otherwise:  out [M, N] (+)= a [M, K] · w,  w [K, N]   (backward: d gates · W_hh)
@@ -30,7 +38,9 @@ void gemm_ab(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bo
 // the reset_before GRU.
 class StepGemm {
  public:
-  StepGemm(const at::Tensor& w, bool transposed);
+  // rows: how many rows of a the whole loop will multiply (steps x batch); below
+  // kMinRowsToPack, packing would cost more than it saves and ATen's GEMM runs every step.
+  StepGemm(const at::Tensor& w, bool transposed, int64_t rows);
   void operator()(const at::Tensor& out, const at::Tensor& a, bool accumulate) const;
 
  private:

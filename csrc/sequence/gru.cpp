@@ -78,7 +78,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& x_proj_in, 
     state_step.hh_n = hh_n.data_ptr<scalar_t>();
     state_step.b_hh = b_hh_data;
     state_step.h = h.data_ptr<scalar_t>();
-    const StepGemm rz_product(w_rz, /*transposed=*/true), n_product(w_n, /*transposed=*/true);
+    const StepGemm rz_product(w_rz, /*transposed=*/true, T * B);
+    const StepGemm n_product(w_n, /*transposed=*/true, T * B);
     for (int64_t s = 0; s < T; ++s) {
       const int64_t t = time_at(s, T, reverse);
       rz_product(hh_rz, dropout.gemm_input(h), /*accumulate=*/false);
@@ -171,7 +172,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
     r_step.d_rh = d_rh.data_ptr<scalar_t>();
     r_step.dh = d_hd.data_ptr<scalar_t>();
     // d (r h) = d_n · W_hn and dh += d_{r,z} · W_h{r,z}: products with the weights themselves.
-    const StepGemm rz_product(w_rz, /*transposed=*/false), n_product(w_n, /*transposed=*/false);
+    const StepGemm rz_product(w_rz, /*transposed=*/false, T * B);
+    const StepGemm n_product(w_n, /*transposed=*/false, T * B);
     for (int64_t s = T - 1; s >= 0; --s) {
       const int64_t t = time_at(s, T, reverse);
       zn_step.mask = r_step.mask = {lengths_ptr(lengths), t};

@@ -86,7 +86,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     if (!project) return forward_loop(T, reverse, 4, h, w, hh, dropout, algo, step_at);
     require_not_persistent(algo, "an LSTM projection (proj_size)");
     // With a projection each step is: hh = W_hh h, the cell step (writes m), h = W_hr m, mask.
-    const StepGemm recurrent(w, /*transposed=*/true), projection(w_proj, /*transposed=*/true);
+    const StepGemm recurrent(w, /*transposed=*/true, T * B);
+    const StepGemm projection(w_proj, /*transposed=*/true, T * B);
     for (int64_t s = 0; s < T; ++s) {
       const int64_t t = time_at(s, T, reverse);
       recurrent(hh, dropout.gemm_input(h), /*accumulate=*/false);
@@ -163,7 +164,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     if (!project) return backward_loop(T, reverse, 4, dh, d_gates, w, dropout, algo, step_at);
     require_not_persistent(algo, "an LSTM projection (proj_size)");
     // With a projection, d m_t = W_hrᵀ (d h_t on valid rows) comes first.
-    const StepGemm recurrent(w, /*transposed=*/false), projection(w_hr_c, /*transposed=*/false);
+    const StepGemm recurrent(w, /*transposed=*/false, T * B);
+    const StepGemm projection(w_hr_c, /*transposed=*/false, T * B);
     for (int64_t s = T - 1; s >= 0; --s) {
       const int64_t t = time_at(s, T, reverse);
       carry_step.mask = {lengths_ptr(lengths), t};

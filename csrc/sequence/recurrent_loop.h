@@ -19,18 +19,20 @@
 
 namespace fused_rnn {
 
-// Whether the persistent algorithm runs a sequence with state [B, P], hidden size H and `gates`
-// gates; raises for algo='persistent' where it cannot. `auto` takes it on the CPU wherever it can
-// run, on CUDA for the shapes auto_picks_persistent_on_cuda names (the kernel's plan may still
-// decline the shape).
-inline bool use_persistent(Algo algo, const Tensor& state, int64_t H, int64_t gates,
+// Whether the persistent algorithm runs a sequence of T steps with state [B, P], hidden size H
+// and `gates` gates; raises for algo='persistent' where it cannot. `auto` takes it on the CPU
+// wherever it can run and the sequence has T·B >= kMinRowsToPack rows (it packs W_hh: a cell
+// called once per token does better with ATen's GEMM), on CUDA for the shapes
+// auto_picks_persistent_on_cuda names (the kernel's plan may still decline the shape).
+inline bool use_persistent(Algo algo, int64_t T, const Tensor& state, int64_t H, int64_t gates,
                            const StateDropout& dropout) {
   if (algo == Algo::kStepwise) return false;
   if (const char* reason = persistent_unavailable(state, H, dropout)) {
     require_not_persistent(algo, reason);
     return false;
   }
-  if (state.is_cpu() || algo == Algo::kPersistent) return true;
+  if (algo == Algo::kPersistent) return true;
+  if (state.is_cpu()) return T * state.size(0) >= kMinRowsToPack;
 #ifdef FUSED_RNN_WITH_CUDA
   return auto_picks_persistent_on_cuda(state, H, gates);
 #else
@@ -48,7 +50,7 @@ void forward_loop(int64_t T, bool reverse, int64_t gates, const Tensor& h, const
                   const Tensor& hh, StateDropout& dropout, Algo algo, const StepAt& step_at) {
   const int64_t B = h.size(0), P = h.size(1), H = w.size(0) / gates;
   using Step = decltype(step_at(int64_t{0}));
-  const bool persistent = use_persistent(algo, h, H, gates, dropout);
+  const bool persistent = use_persistent(algo, T, h, H, gates, dropout);
 #ifdef FUSED_RNN_WITH_CUDA
   if (persistent && h.is_cuda() && persistent_forward(algo, T, reverse, gates, h, w, hh, step_at)) {
     return;
@@ -93,7 +95,7 @@ void forward_loop(int64_t T, bool reverse, int64_t gates, const Tensor& h, const
       return;
     }
   }
-  const StepGemm recurrent(w, /*transposed=*/true);
+  const StepGemm recurrent(w, /*transposed=*/true, T * B);
   for (int64_t s = 0; s < T; ++s) {
     recurrent(hh, dropout.gemm_input(h), /*accumulate=*/false);
     launch_step(step_at(time_at(s, T, reverse)), B, H, h.device());
@@ -109,7 +111,7 @@ void backward_loop(int64_t T, bool reverse, int64_t gates, const Tensor& dh, con
                    const Tensor& w, StateDropout& dropout, Algo algo, const StepAt& step_at) {
   const int64_t B = dh.size(0), P = dh.size(1), H = w.size(0) / gates;
   using Step = decltype(step_at(int64_t{0}));
-  const bool persistent = use_persistent(algo, dh, H, gates, dropout);
+  const bool persistent = use_persistent(algo, T, dh, H, gates, dropout);
 #ifdef FUSED_RNN_WITH_CUDA
   if (persistent && dh.is_cuda() &&
       persistent_backward(algo, T, reverse, gates, dh, d_pre, w, step_at)) {
@@ -140,7 +142,7 @@ void backward_loop(int64_t T, bool reverse, int64_t gates, const Tensor& dh, con
     }
   }
   Tensor dh_carry = dh;
-  const StepGemm recurrent(w, /*transposed=*/false);
+  const StepGemm recurrent(w, /*transposed=*/false, T * B);
   for (int64_t s = T - 1; s >= 0; --s) {
     const int64_t t = time_at(s, T, reverse);
     launch_step(step_at(t), B, H, dh.device());
