@@ -62,8 +62,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         help=f"comma-separated, or 'all' (the default): {', '.join(cells.CELLS)}")
     parser.add_argument("--workloads", type=_names,
                         help=f"comma-separated, or 'all': {', '.join(workloads.WORKLOADS)}; default "
-                        "quick: mid on CUDA, cpu_small on the CPU; full: the six of BENCHMARKS.md "
-                        "and the three mid_* extras")
+                        "quick: mid on CUDA, cpu_small on the CPU; full: the six of BENCHMARKS.md, "
+                        "the three mid_* extras and one_token")
     parser.add_argument("--shape", metavar="T,B,I,H", help="a custom workload (named 'custom'); "
                         "replaces the preset's workloads, adds to --workloads")
     parser.add_argument("--dtypes", type=_names, help="fp32 (TF32 off), bf16, fp16, or 'all'; default "

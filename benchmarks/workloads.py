@@ -51,12 +51,15 @@ WORKLOADS: Dict[str, Workload] = {w.name: w for w in [
     Workload("mid_4layers", **_MID, layers=4),
     Workload("mid_2layers_bidir", **_MID, layers=2, bidirectional=True),
     Workload("mid_varlen", **_MID, variable_lengths=True, loop_friendly=True),
+    # One token: a decoder (generation, seq2seq) calls the network once per token, so the cost
+    # of a call (argument checks, dispatch, packing weights) is all there is.
+    Workload("one_token", T=1, B=1, I=512, H=512, loop_friendly=True),
     # The CPU reference shape of BENCHMARKS.md ("T=100,B=16,I=H=128"): small enough for a quick CPU run.
     Workload("cpu_small", T=100, B=16, I=128, H=128, loop_friendly=True),
 ]}
 
 STANDARD = ["small_batch", "mid", "deepbench_1024", "big_h", "long_tiny", "large_batch"]
-EXTRAS = ["mid_4layers", "mid_2layers_bidir", "mid_varlen"]
+EXTRAS = ["mid_4layers", "mid_2layers_bidir", "mid_varlen", "one_token"]
 
 
 def custom_workload(spec: str) -> Workload:

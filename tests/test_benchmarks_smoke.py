@@ -182,7 +182,7 @@ def test_timed_calls_interleave(tmp_path):
     calls = []
     names = ["a", "b", "c"]
     fakes = [_fake_contender(n, calls) for n in names]
-    results, lines = _run_fakes(tmp_path, fakes, timing.Budget(warmup=2, repeats=4))
+    results, lines = _run_fakes(tmp_path, fakes, timing.Budget(warmup=2, repeats=4, rewarm_below_ms=0))
     results = {contender: record for (contender, _), record in results.items()}
     untimed = 1 + 2  # first call and warm-up (no peak-memory call on the CPU)
     assert calls[:3 * untimed] == [n for n in names for _ in range(untimed)]
@@ -198,12 +198,27 @@ def test_timed_calls_interleave(tmp_path):
                                    for i, line in enumerate(lines))
 
 
+def test_short_calls_are_rewarmed_in_every_round(tmp_path):
+    """A call below rewarm_below_ms that would follow another contender's call gets an untimed
+    call of its own first (so it is timed warm); one that follows its own call, or a longer one,
+    does not."""
+    timing = _suite_modules()[3]
+    calls = []
+    fakes = [_fake_contender("a", calls), _fake_contender("b", calls)]
+    results, _ = _run_fakes(tmp_path, fakes, timing.Budget(warmup=0, repeats=2, rewarm_below_ms=1e9))
+    assert calls[2:] == ["a", "a", "b", "b", "b", "a", "a"]  # round 2 starts with b, after b
+    assert all(results[(n, "inference")]["repeats"] == 2 for n in ("a", "b"))
+    calls.clear()
+    _run_fakes(tmp_path, fakes, timing.Budget(warmup=0, repeats=2, rewarm_below_ms=1e-9))
+    assert calls[2:] == ["a", "b", "b", "a"]
+
+
 def test_time_budget_interleaves_until_each_has_enough(tmp_path):
     # No fixed repeats and no time to spend: min_repeats each, still in alternating rounds.
     timing = _suite_modules()[3]
     calls = []
     fakes = [_fake_contender(n, calls) for n in ("a", "b")]
-    budget = timing.Budget(warmup=0, seconds=0.0, min_repeats=3, max_repeats=10)
+    budget = timing.Budget(warmup=0, seconds=0.0, min_repeats=3, max_repeats=10, rewarm_below_ms=0)
     results, _ = _run_fakes(tmp_path, fakes, budget)
     results = {contender: record for (contender, _), record in results.items()}
     assert calls[2:] == ["a", "b", "b", "a", "a", "b"]
@@ -220,7 +235,8 @@ def test_contender_failing_in_timed_calls_is_dropped(tmp_path):
     broken = _fake_contender("broken", calls, fail_on_call=4)
     refused = _fake_contender("refused", calls, fail_on_call=3, error=ValueError)
     fine = _fake_contender("fine", calls)
-    results, lines = _run_fakes(tmp_path, [broken, refused, fine], timing.Budget(warmup=1, repeats=5))
+    results, lines = _run_fakes(tmp_path, [broken, refused, fine],
+                                timing.Budget(warmup=1, repeats=5, rewarm_below_ms=0))
     results = {contender: record for (contender, _), record in results.items()}
     assert calls.count("broken") == 4 and calls.count("refused") == 3 and calls.count("fine") == 2 + 5
     assert results["broken"]["status"] == "error"
