@@ -145,6 +145,33 @@ def test_cuda_cluster_forward_other_dtypes(dtype, monkeypatch):
 
 @pytest.mark.cuda
 @needs_sm90
+@pytest.mark.parametrize("cell, dtype", [("lstm", torch.float32), ("gru", torch.float16)])
+def test_cuda_cluster_forward_in_inference(cell, dtype, monkeypatch):
+    """Inference (no gates or c saved) and float16: the cluster kernel ran (=require raises
+    otherwise) and agrees with the stepwise loop."""
+    monkeypatch.setenv("FUSED_RNN_PERSISTENT_CLUSTER", "require")
+    torch.manual_seed(8)
+    case = make_case(cell, 64, 6, 8, 96, dtype=dtype, device="cuda", requires_grad=False,
+                     lengths=torch.randint(0, 65, (6,)))
+    with torch.no_grad():
+        persistent = _with_algo(case, "persistent").run()
+        stepwise = _with_algo(case, "stepwise").run()
+    tolerance = 1e-4 if dtype == torch.float32 else 2e-2
+    for a, b in zip(persistent, stepwise):
+        assert _relative_error(a, b) <= tolerance
+
+
+@pytest.mark.cuda
+@needs_sm90
+def test_cuda_cluster_required_raises_where_it_does_not_fit(monkeypatch):
+    monkeypatch.setenv("FUSED_RNN_PERSISTENT_CLUSTER", "require")
+    case = make_case("lstm", 3, 4, 8, 1024, dtype=torch.float32, device="cuda", requires_grad=False)
+    with pytest.raises(RuntimeError, match="FUSED_RNN_PERSISTENT_CLUSTER=require"):
+        _with_algo(case, "persistent").run()
+
+
+@pytest.mark.cuda
+@needs_sm90
 def test_cuda_cluster_falls_back_to_the_grid_kernel_where_it_does_not_fit(monkeypatch):
     """H = 1024: W's slice for 16 blocks (256 rows x 1025 floats) exceeds shared memory."""
     monkeypatch.setenv("FUSED_RNN_PERSISTENT_CLUSTER", "1")

@@ -82,9 +82,9 @@ stage racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 9 "$PY" t
 NCU=(ncu --clock-control none -k regex:forward_kernel --launch-skip 1 --launch-count 1 --section SpeedOfLight
      --section WarpStateStats --section MemoryWorkloadAnalysis --section LaunchStats)
 [ $PERSISTENT_OK = 1 ] && stage profile_persistent 90 "${NCU[@]}" "$PY" tools/profile_persistent.py
-[ $CLUSTER_OK = 1 ] && stage profile_cluster 90 env FUSED_RNN_PERSISTENT_CLUSTER=1 "${NCU[@]}" \
+[ $CLUSTER_OK = 1 ] && stage profile_cluster 90 env FUSED_RNN_PERSISTENT_CLUSTER=require "${NCU[@]}" \
   "$PY" tools/profile_persistent.py
-[ $CLUSTER_OK = 1 ] && stage benchmark_cluster 60 env FUSED_RNN_PERSISTENT_CLUSTER=1 "$PY" -m benchmarks \
+[ $CLUSTER_OK = 1 ] && stage benchmark_cluster 60 env FUSED_RNN_PERSISTENT_CLUSTER=require "$PY" -m benchmarks \
   --device cuda --cells lstm,gru,rnn_tanh --workloads small_batch,long_tiny --dtypes fp32,bf16 \
   --modes inference --contenders fused_persistent,torch.nn --no-plot --out "$OUT"
 [ $PERSISTENT_OK = 1 ] && stage benchmark_persistent 90 "$PY" -m benchmarks --device cuda --cells lstm,gru,rnn_tanh,peephole_lstm \

@@ -344,6 +344,8 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     const int k = (i / own.units) * H + own.u0 + i % own.units;
     a.state[0][k] = h_last[k];  // h_T; no block reads another's shared memory after the barrier
   }
+#elif defined(__CUDA_ARCH__)
+  __trap();  // no clusters before sm_90; make_cluster_plan declines there, so never launched
 #endif
 }
 
@@ -435,6 +437,11 @@ template <typename acc_t, typename scalar_t, class Kernel>
 PersistentPlan make_cluster_plan(Kernel kernel, int64_t B, int64_t H, int64_t gates) {
   const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
   if (prop->major < 9 || B < 1) return {};
+  // The code the runtime would run must be sm_90's: built only for older architectures (a PTX
+  // JIT from compute_80, say), the kernel's body is empty.
+  cudaFuncAttributes attributes;
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
+  if (attributes.binaryVersion < 90 || attributes.ptxVersion < 90) return {};
   const int64_t units = ceil_div(H, kMaxClusterBlocks);
   const int64_t blocks = ceil_div(H, units);
   const int64_t shared_bytes =

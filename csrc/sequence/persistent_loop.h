@@ -79,9 +79,15 @@ inline bool persistent_allowed_now(Algo algo) {
 
 // FUSED_RNN_PERSISTENT_CLUSTER=1 asks for the experimental one-cluster forward kernel
 // (fused_rnn/persistent.h) wherever it fits; otherwise, and by default, the grid kernel runs.
-inline bool persistent_cluster_requested() {
+// =require raises where the cluster plan declines, so that a check of the cluster kernel (the
+// smoke test, the sanitizers) cannot pass on the grid kernel unnoticed.
+enum class ClusterRequest { kNo, kWhereItFits, kRequired };
+inline ClusterRequest persistent_cluster_requested() {
   const char* value = std::getenv("FUSED_RNN_PERSISTENT_CLUSTER");
-  return value != nullptr && value[0] == '1' && value[1] == '\0';
+  if (value == nullptr) return ClusterRequest::kNo;
+  if (std::strcmp(value, "1") == 0) return ClusterRequest::kWhereItFits;
+  if (std::strcmp(value, "require") == 0) return ClusterRequest::kRequired;
+  return ClusterRequest::kNo;
 }
 
 // Whether `plan` can run; raises for algo='persistent' when not.
@@ -112,10 +118,14 @@ bool persistent_forward(Algo algo, int64_t T, bool reverse, int64_t gates, const
   using Step = decltype(step_at(int64_t{0}));
   using scalar_t = typename Step::scalar_type;
   const int64_t B = h.size(0), H = h.size(1);
-  if (B == 0) return true;  // nothing to compute
+  if (B == 0 || T == 0) return true;  // nothing to compute (the kernels read steps[0])
   if (!persistent_allowed_now(algo)) return false;
   PersistentPlan plan;
-  if (persistent_cluster_requested()) plan = plan_persistent_cluster_forward<Step>(B, H, gates);
+  const ClusterRequest cluster = persistent_cluster_requested();
+  if (cluster != ClusterRequest::kNo) plan = plan_persistent_cluster_forward<Step>(B, H, gates);
+  TORCH_CHECK(plan.blocks > 0 || cluster != ClusterRequest::kRequired,
+              message("fused_rnn: FUSED_RNN_PERSISTENT_CLUSTER=require, but the cluster forward "
+                      "does not run B=", B, ", H=", H, ", gates=", gates, " on this GPU"));
   if (plan.blocks == 0) plan = plan_persistent_forward<Step>(B, H, gates);
   if (!plan_fits(algo, plan)) return false;
   const Tensor other = at::empty_like(h);  // [B, H] the state of every other step
@@ -153,7 +163,7 @@ bool persistent_backward(Algo algo, int64_t T, bool reverse, int64_t gates, cons
   using Step = decltype(step_at(int64_t{0}));
   using scalar_t = typename Step::scalar_type;
   const int64_t B = dh.size(0), H = dh.size(1);
-  if (B == 0) return true;
+  if (B == 0 || T == 0) return true;
   if (!persistent_allowed_now(algo)) return false;
   const PersistentPlan plan = plan_persistent_backward<Step>(B, H, gates);
   if (!plan_fits(algo, plan)) return false;

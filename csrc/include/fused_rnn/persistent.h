@@ -57,7 +57,8 @@ struct PersistentPlan {
 // shared memory), keeps hh in shared memory, and meets the others at a cluster barrier (0.2 us
 // measured on an H200, against 1 us for grid.sync). Used only where
 // FUSED_RNN_PERSISTENT_CLUSTER=1 and everything (W slice, all of B) fits in one block's shared
-// memory; tests/test_persistent.py and tools/gpu_check.sh run it that way.
+// memory (=require: raise where it does not); tests/test_persistent.py and tools/gpu_check.sh
+// run it that way.
 constexpr int kMaxClusterBlocks = 16;
 
 template <class Step>
