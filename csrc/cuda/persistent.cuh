@@ -431,8 +431,10 @@ inline cudaLaunchConfig_t cluster_config(int64_t blocks, int64_t shared_bytes,
   return config;
 }
 
-// The cluster forward's plan (sm_90): at most kMaxClusterBlocks blocks, and all of B, W's slice,
-// the two h buffers and hh in each block's shared memory; blocks == 0 where that does not fit.
+// The cluster forward's plan (sm_90): one cluster of up to kMaxClusterBlocks blocks (fewer
+// where the GPU cannot run that many with this much shared memory), and all of B, W's slice, the
+// two h buffers and hh in each block's shared memory; blocks == 0 where that does not fit. The
+// runtime's refusals of a cluster shape decline it rather than raise: the grid kernel runs then.
 template <typename acc_t, typename scalar_t, class Kernel>
 PersistentPlan make_cluster_plan(Kernel kernel, int64_t B, int64_t H, int64_t gates) {
   const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
@@ -442,27 +444,36 @@ PersistentPlan make_cluster_plan(Kernel kernel, int64_t B, int64_t H, int64_t ga
   cudaFuncAttributes attributes;
   C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
   if (attributes.binaryVersion < 90 || attributes.ptxVersion < 90) return {};
-  const int64_t units = ceil_div(H, kMaxClusterBlocks);
-  const int64_t blocks = ceil_div(H, units);
-  const int64_t shared_bytes =
-      (round_up(gates * units, kTileRows) + round_up(B, kTileBatch)) * (H + 1) * sizeof(acc_t) +
-      (2 * B * H + B * gates * H) * sizeof(scalar_t);
-  if (shared_bytes > static_cast<int64_t>(prop->sharedMemPerBlockOptin)) return {};
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(shared_bytes)));
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
-  cudaLaunchAttribute attribute;
-  const cudaLaunchConfig_t config = cluster_config(blocks, shared_bytes, &attribute);
-  int clusters = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &config));
-  if (clusters < 1) return {};
-  PersistentPlan plan;
-  plan.blocks = blocks;
-  plan.units = units;
-  plan.batch_chunk = B;
-  plan.shared_bytes = shared_bytes;
-  plan.cluster = true;
-  return plan;
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) !=
+      cudaSuccess) {
+    (void)cudaGetLastError();  // no non-portable sizes here: 8 blocks at most
+  }
+  for (const int64_t most : {int64_t{kMaxClusterBlocks}, int64_t{8}}) {
+    const int64_t units = ceil_div(H, most);
+    const int64_t blocks = ceil_div(H, units);
+    const int64_t shared_bytes =
+        (round_up(gates * units, kTileRows) + round_up(B, kTileBatch)) * (H + 1) * sizeof(acc_t) +
+        (2 * B * H + B * gates * H) * sizeof(scalar_t);
+    if (shared_bytes > static_cast<int64_t>(prop->sharedMemPerBlockOptin)) return {};
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(shared_bytes)));
+    cudaLaunchAttribute attribute;
+    const cudaLaunchConfig_t config = cluster_config(blocks, shared_bytes, &attribute);
+    int clusters = 0;
+    if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) {
+      (void)cudaGetLastError();  // e.g. an unsupported cluster size: try a smaller one
+      continue;
+    }
+    if (clusters < 1) continue;
+    PersistentPlan plan;
+    plan.blocks = blocks;
+    plan.units = units;
+    plan.batch_chunk = B;
+    plan.shared_bytes = shared_bytes;
+    plan.cluster = true;
+    return plan;
+  }
+  return {};
 }
 
 template <class Kernel, class Args>
