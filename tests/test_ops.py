@@ -275,3 +275,35 @@ def test_build_info_reports_compiled_kernels():
     assert info["compiler"]
     if info["cuda_compiled"]:
         assert info["cuda_version"] and info["cuda_archs"]
+
+
+def test_calls_without_gradients_skip_the_python_autograd_wrapper(monkeypatch):
+    """Where no gradient is needed, the forward ops run below the Autograd key (fused_rnn/_ops.py
+    _call): the same kernels and results, without torch.library's Python wrapper. Where one is
+    needed, the ordinary call, with a graph."""
+    import contextlib
+
+    import fused_rnn
+    from fused_rnn import _ops
+    if _ops._below_autograd is None:
+        pytest.skip("this torch has no _AutoDispatchBelowAutograd")
+    entered = []
+
+    @contextlib.contextmanager
+    def counting():
+        entered.append(1)
+        with torch._C._AutoDispatchBelowAutograd():
+            yield
+    monkeypatch.setattr(_ops, "_below_autograd", counting)
+    torch.manual_seed(0)
+    for cell in (fused_rnn.LSTMCell(8, 16), fused_rnn.GRUCell(8, 16), fused_rnn.RNNCell(8, 16)):
+        x = torch.randn(3, 8)
+        entered.clear()
+        with torch.no_grad():
+            fast = cell(x)
+        assert len(entered) == 2  # the input projection and the cell's op
+        slow = cell(x)  # the parameters require grad: the ordinary call
+        assert len(entered) == 2
+        for a, b in zip(fast if isinstance(fast, tuple) else [fast], slow if isinstance(slow, tuple) else [slow]):
+            assert a.grad_fn is None and b.grad_fn is not None
+            assert torch.equal(a, b)
