@@ -215,14 +215,25 @@ def _register_autograd() -> None:
         ctx.has_bias = b is not None
 
     def linear_backward(ctx, grad):
-        # Both gradients are linear() again: d x = g · w, d w = gᵀ · x (so double backward works).
+        # Both gradients are linear() again: d x = g · w, d w = gᵀ · x (so double backward works;
+        # without create_graph they skip the Python autograd wrapper, as in _call).
         x, w = ctx.saved_tensors
-        grad_x = ops.linear(grad, w.t(), None) if ctx.needs_input_grad[0] else None
-        grad_w = ops.linear(grad.t(), x.t(), None) if ctx.needs_input_grad[1] else None
+        grad_x = linear(grad, w.t(), None) if ctx.needs_input_grad[0] else None
+        grad_w = linear(grad.t(), x.t(), None) if ctx.needs_input_grad[1] else None
         grad_b = ops.column_sums(grad) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b
 
+    def column_sums_setup(ctx, inputs, output):
+        ctx.shape = inputs[0].shape
+
+    def column_sums_backward(ctx, grad):
+        # The sum over every leading dimension: each summed element gets the column's gradient
+        # (reached by the double backward of a bias).
+        return grad.expand(ctx.shape)
+
     torch.library.register_autograd("fused_rnn::linear", linear_backward, setup_context=linear_setup)
+    torch.library.register_autograd("fused_rnn::column_sums", column_sums_backward,
+                                    setup_context=column_sums_setup)
     torch.library.register_autograd("fused_rnn::elman_forward", elman_backward, setup_context=elman_setup)
     torch.library.register_autograd("fused_rnn::lstm_forward", lstm_backward, setup_context=lstm_setup)
     torch.library.register_autograd("fused_rnn::gru_forward", gru_backward, setup_context=gru_setup)

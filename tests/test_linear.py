@@ -1,6 +1,8 @@
 """fused_rnn::linear, the input projection (and the weight gradients inside the backward ops):
-on a CPU with AVX-512, float32 products of a million multiply-adds or more run the packed GEMM
-(csrc/cpu/packed_gemm.h) on all threads. Checked against float64 torch, with strided operands."""
+on a CPU with AVX-512, float32 products of a million multiply-adds or more (and of 128 rows or
+more where w is packed) run the packed GEMM (csrc/cpu/packed_gemm.h) on all threads. Checked against float64 torch, with strided operands."""
+import warnings
+
 import pytest
 import torch
 
@@ -56,3 +58,14 @@ def test_bad_input_names_the_argument():
 def test_opcheck():
     torch.library.opcheck(torch.ops.fused_rnn.linear,
                           (torch.randn(300, 70), torch.randn(64, 70, requires_grad=True), torch.randn(64)))
+
+
+def test_double_backward():
+    """linear's backward is linear again, so gradients of gradients work (float64: ATen's path)."""
+    torch.manual_seed(1)
+    x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "an autograd kernel was not registered"
+        assert torch.autograd.gradgradcheck(_ops.linear, (x, w, b))
