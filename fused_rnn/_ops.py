@@ -163,9 +163,9 @@ def _register_autograd() -> None:
 
     def elman_backward(ctx, grad_y, grad_h_n):
         y, h0, w_hh, lengths, state_mask = ctx.saved_tensors
-        gx, gh0, gw, gb = ops.elman_backward(_zeros_if_none(grad_y, y), _zeros_if_none(grad_h_n, h0),
-                                             y, h0, w_hh, lengths, state_mask, ctx.reverse, ctx.relu,
-                                             ctx.algo)
+        gx, gh0, gw, gb = _call(ops.elman_backward, torch.is_grad_enabled(),
+                                _zeros_if_none(grad_y, y), _zeros_if_none(grad_h_n, h0), y, h0, w_hh,
+                                lengths, state_mask, ctx.reverse, ctx.relu, ctx.algo)
         return gx, gh0, gw, gb if ctx.has_bias else None, None, None, None, None, None
 
     def lstm_setup(ctx, inputs, output):
@@ -184,7 +184,8 @@ def _register_autograd() -> None:
             raise RuntimeError("fused_rnn: lstm_forward ran with training=False, so it saved no "
                                "activations for backward")
         y, gates, c_all, h0, c0, w_hh, w_ch, w_hr, lengths, state_mask = ctx.saved_tensors
-        gx, gh0, gc0, gw, gb, gwch, gwhr = ops.lstm_backward(
+        gx, gh0, gc0, gw, gb, gwch, gwhr = _call(
+            ops.lstm_backward, torch.is_grad_enabled(),
             _zeros_if_none(grad_y, y), _zeros_if_none(grad_h_n, h0), _zeros_if_none(grad_c_n, c0),
             y, gates, c_all, h0, c0, w_hh, w_ch, w_hr, lengths, state_mask, ctx.reverse, ctx.algo)
         return (gx, gh0, gc0, gw, gb if ctx.has_bias else None, gwch if w_ch is not None else None,
@@ -204,9 +205,10 @@ def _register_autograd() -> None:
             raise RuntimeError("fused_rnn: gru_forward ran with training=False, so it saved no "
                                "activations for backward")
         y, gates, hh_n, h0, w_hh, lengths, state_mask = ctx.saved_tensors
-        gx, gh0, gw, gb = ops.gru_backward(_zeros_if_none(grad_y, y), _zeros_if_none(grad_h_n, h0),
-                                           y, gates, hh_n, h0, w_hh, lengths, state_mask,
-                                           ctx.reverse, ctx.reset_after, ctx.algo)
+        gx, gh0, gw, gb = _call(ops.gru_backward, torch.is_grad_enabled(),
+                                _zeros_if_none(grad_y, y), _zeros_if_none(grad_h_n, h0), y, gates,
+                                hh_n, h0, w_hh, lengths, state_mask, ctx.reverse, ctx.reset_after,
+                                ctx.algo)
         return gx, gh0, gw, gb if ctx.has_bias else None, None, None, None, None, None, None
 
     def linear_setup(ctx, inputs, output):
@@ -231,6 +233,19 @@ def _register_autograd() -> None:
         # (reached by the double backward of a bias).
         return grad.expand(ctx.shape)
 
+    def no_setup(ctx, inputs, output):
+        pass
+
+    def second_order(ctx, *grads):
+        raise RuntimeError(
+            "fused_rnn: the recurrent ops have no second derivative (a backward run with "
+            "create_graph=True cannot be differentiated again); use backend='reference' for "
+            "higher-order gradients")
+
+    # Backward ops: raise where a graph through them is differentiated, rather than let autograd's
+    # fallback return zeros with a warning.
+    for name in ("elman_backward", "lstm_backward", "gru_backward"):
+        torch.library.register_autograd(f"fused_rnn::{name}", second_order, setup_context=no_setup)
     torch.library.register_autograd("fused_rnn::linear", linear_backward, setup_context=linear_setup)
     torch.library.register_autograd("fused_rnn::column_sums", column_sums_backward,
                                     setup_context=column_sums_setup)

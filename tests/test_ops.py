@@ -307,3 +307,16 @@ def test_calls_without_gradients_skip_the_python_autograd_wrapper(monkeypatch):
         for a, b in zip(fast if isinstance(fast, tuple) else [fast], slow if isinstance(slow, tuple) else [slow]):
             assert a.grad_fn is None and b.grad_fn is not None
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("module", ["LSTM", "GRU", "RNN"])
+def test_second_derivative_raises(module):
+    """A gradient taken with create_graph=True cannot be differentiated again through the fused
+    recurrence: that raises (autograd's fallback would give zeros, with only a warning)."""
+    import fused_rnn
+    torch.manual_seed(0)
+    rnn = getattr(fused_rnn, module)(4, 16)
+    x = torch.randn(3, 2, 4, requires_grad=True)
+    grad, = torch.autograd.grad(rnn(x)[0].sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        torch.autograd.grad(grad.sum(), x)
