@@ -12,9 +12,8 @@ first of the round rotating. A shared machine's speed drifts over seconds (other
 and thermal changes); timed one after the other, contenders would meet different machines and
 their ratio would move by 10-20% between runs, while interleaved every contender sees the same
 drift. ``Budget.enough`` decides, for each function on its own, when it has its repetitions.
-(Interleaved, a timed call follows another contender's call rather than its own, so caches hold
-some of the other's data: alike for every contender, and closer to a program running several
-models than back-to-back calls of one are.)
+Interleaved, a timed call would follow another contender's call, with the caches full of the
+other's data; a short one gets an untimed call of its own first (``Budget.rewarm_below_ms``).
 """
 from __future__ import annotations
 

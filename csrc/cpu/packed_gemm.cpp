@@ -68,6 +68,13 @@ PackedMatrix::PackedMatrix(const float* src, int64_t stride_k, int64_t stride_n,
   });
 }
 
+PackedMatrix PackedMatrix::all_columns(const float* src, int64_t stride_k, int64_t stride_n,
+                                       int64_t K, int64_t N) {
+  std::vector<int64_t> chunk_cols;
+  for (int64_t n = 0; n < N; n += kChunk) chunk_cols.push_back(n);
+  return PackedMatrix(src, stride_k, stride_n, K, chunk_cols, kMaxChunksPerPanel);
+}
+
 Panel PackedMatrix::panel(int64_t p) const {
   Panel view{data_ + panel_offset_[p], panel_chunks_[p] * kChunk, panel_chunks_[p], {}};
   for (int64_t v = 0; v < view.chunks; ++v) view.first_col[v] = chunk_col(p, v);
@@ -126,17 +133,9 @@ void gemm(const float* a, int64_t lda_r, int64_t lda_k, const float* b, int64_t 
   TORCH_INTERNAL_ASSERT(cpu_has_avx512() && N % kChunk == 0 && K > 0,
                         "fused_rnn: cpu::gemm needs AVX-512, N % 16 == 0 and K > 0");
   if (M == 0 || N == 0) return;
-  // A weight gradient's B (A read down its columns, K = T·B) is a sequence-sized activation:
-  // packing would copy it whole, so a row-major one is read in place; the short K blocks of that
-  // case lose little by it. Every other B is packed once (it is weight-sized): measured, d x =
-  // d_pre · W_ih ran at ~400 GF/s with W_ih in place and ~475 packed.
-  const bool in_place = ldb_n == 1 && lda_k != 1;
-  std::vector<int64_t> chunk_cols;
-  if (!in_place) {
-    for (int64_t n = 0; n < N; n += kChunk) chunk_cols.push_back(n);
-  }
+  const bool in_place = gemm_reads_b_in_place(lda_k, ldb_n);
   std::optional<PackedMatrix> packed;
-  if (!in_place) packed.emplace(b, ldb_k, ldb_n, K, chunk_cols, kMaxChunksPerPanel);
+  if (!in_place) packed.emplace(PackedMatrix::all_columns(b, ldb_k, ldb_n, K, N));
   const int64_t panels = (N / kChunk + kMaxChunksPerPanel - 1) / kMaxChunksPerPanel;
   auto panel_at = [&](int64_t p) { return in_place ? row_major_panel(b, ldb_k, N, p) : packed->panel(p); };
   const Blocking blocking = lda_k == 1 ? kRowMajorA : kColumnMajorA;

@@ -4,7 +4,6 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
-#include <vector>
 
 #include "../cpu/packed_gemm.h"
 #include "fused_rnn/check_message.h"
@@ -41,7 +40,8 @@ void gemm(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool 
 bool use_packed_gemm(const at::Tensor& x, const at::Tensor& w) {
 #ifdef FUSED_RNN_CPU_AVX2
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
-  const bool packs_w = !(w.stride(0) == 1 && x.stride(1) != 1);
+  // linear() passes A = x (lda_k = x.stride(1)) and B = wᵀ (ldb_n = w.stride(0)) to cpu::gemm.
+  const bool packs_w = !cpu::gemm_reads_b_in_place(x.stride(1), w.stride(0));
   return x.is_cpu() && x.scalar_type() == at::kFloat && N % cpu::kChunk == 0 &&
          M * K * N >= (int64_t{1} << 20) && (M >= kMinRowsToPack || !packs_w) &&
          cpu_has_avx512();
@@ -83,13 +83,11 @@ StepGemm::StepGemm(const at::Tensor& w, bool transposed, int64_t rows)
         rows >= kMinRowsToPack && cpu_has_avx512())) {
     return;
   }
-  std::vector<int64_t> chunk_cols;
-  for (int64_t n = 0; n < N; n += cpu::kChunk) chunk_cols.push_back(n);
   // B(k, n) of the product: w[n, k] when transposed, else w[k, n].
   const int64_t stride_k = transposed ? w.stride(1) : w.stride(0);
   const int64_t stride_n = transposed ? w.stride(0) : w.stride(1);
-  packed_ = std::make_shared<const cpu::PackedMatrix>(w.data_ptr<float>(), stride_k, stride_n, K,
-                                                      chunk_cols, cpu::kMaxChunksPerPanel);
+  packed_ = std::make_shared<const cpu::PackedMatrix>(
+      cpu::PackedMatrix::all_columns(w.data_ptr<float>(), stride_k, stride_n, K, N));
 #endif
 }
 
