@@ -1,8 +1,9 @@
 // The fused_rnn operator library: one forward and one backward op per cell family, each running
 // a whole sequence of one layer and one direction. Shapes and semantics: sequence/sequence_ops.h.
 // Implementations are registered per dispatch key in cpu/register_cpu.cpp and
-// cuda/register_cuda.cpp; autograd and fake (meta) kernels in fused_rnn/_ops.py. `algo` picks the
-// recurrence algorithm: "auto", "stepwise" or "persistent" (fused_rnn/persistent.h).
+// cuda/register_cuda.cpp, autograd in autograd.cpp, fake (meta) kernels in fused_rnn/_ops.py.
+// `algo` picks the recurrence algorithm: "auto", "stepwise" or "persistent"
+// (fused_rnn/persistent.h).
 #include <torch/library.h>
 
 TORCH_LIBRARY(fused_rnn, m) {

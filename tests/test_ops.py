@@ -277,36 +277,37 @@ def test_build_info_reports_compiled_kernels():
         assert info["cuda_version"] and info["cuda_archs"]
 
 
-def test_calls_without_gradients_skip_the_python_autograd_wrapper(monkeypatch):
-    """Where no gradient is needed, the forward ops run below the Autograd key (fused_rnn/_ops.py
-    _call): the same kernels and results, without torch.library's Python wrapper. Where one is
-    needed, the ordinary call, with a graph."""
-    import contextlib
-
+def test_autograd_is_cpp_and_records_nothing_without_gradients():
+    """The ops' autograd is C++ (csrc/autograd.cpp): a graph's nodes are its Functions, with no
+    Python in the call. A call that needs no gradient records no graph and gives the same values."""
     import fused_rnn
-    from fused_rnn import _ops
-    if _ops._below_autograd is None:
-        pytest.skip("this torch has no _AutoDispatchBelowAutograd")
-    entered = []
-
-    @contextlib.contextmanager
-    def counting():
-        entered.append(1)
-        with torch._C._AutoDispatchBelowAutograd():
-            yield
-    monkeypatch.setattr(_ops, "_below_autograd", counting)
     torch.manual_seed(0)
-    for cell in (fused_rnn.LSTMCell(8, 16), fused_rnn.GRUCell(8, 16), fused_rnn.RNNCell(8, 16)):
+    for cell, function in ((fused_rnn.LSTMCell(8, 16), "LstmFunction"),
+                           (fused_rnn.GRUCell(8, 16), "GruFunction"),
+                           (fused_rnn.RNNCell(8, 16), "ElmanFunction")):
         x = torch.randn(3, 8)
-        entered.clear()
         with torch.no_grad():
             fast = cell(x)
-        assert len(entered) == 2  # the input projection and the cell's op
-        slow = cell(x)  # the parameters require grad: the ordinary call
-        assert len(entered) == 2
-        for a, b in zip(fast if isinstance(fast, tuple) else [fast], slow if isinstance(slow, tuple) else [slow]):
-            assert a.grad_fn is None and b.grad_fn is not None
-            assert torch.equal(a, b)
+        slow = cell(x)
+        fast = fast if isinstance(fast, tuple) else (fast,)
+        slow = slow if isinstance(slow, tuple) else (slow,)
+        for a, b in zip(fast, slow):
+            assert a.grad_fn is None and torch.equal(a, b)
+        node = slow[0].grad_fn
+        assert node.name().endswith(f"::{function}>"), node.name()
+        projection = node.next_functions[0][0].next_functions[0][0]  # x_proj's view, then linear
+        assert projection.name().endswith("::LinearFunction>"), projection.name()
+
+
+def test_backward_of_a_forward_without_training_raises():
+    """training=False saves no activations: differentiating such a call raises, naming why."""
+    torch.manual_seed(0)
+    x_proj = torch.randn(3, 2, 64, requires_grad=True)
+    h0, c0, w_hh = torch.zeros(2, 16), torch.zeros(2, 16), torch.randn(64, 16)
+    y, *_ = torch.ops.fused_rnn.lstm_forward(x_proj, h0, c0, w_hh, None, None, None, None, None,
+                                             False, False)
+    with pytest.raises(RuntimeError, match="training=False"):
+        y.sum().backward()
 
 
 @pytest.mark.parametrize("module", ["LSTM", "GRU", "RNN"])
