@@ -14,16 +14,21 @@ with_threads = pytest.mark.parametrize("threads", [1, 2], indirect=True,
                                        ids=lambda n: f"{n}threads")
 
 
-def operand(rows, cols, transposed):
-    """A (rows, cols) float32 matrix, or the transposed view of a (cols, rows) one."""
-    t = torch.randn(cols, rows).t() if transposed else torch.randn(rows, cols)
-    return t.requires_grad_()
+def operand(rows, cols, layout):
+    """A (rows, cols) float32 matrix: row-major, the transposed view of a (cols, rows) one, or a
+    view with no unit stride."""
+    if layout == "strided":
+        return torch.randn(2 * rows, 3 * cols)[::2, ::3].detach().requires_grad_()
+    t = torch.randn(cols, rows).t() if layout else torch.randn(rows, cols)
+    return t.detach().requires_grad_()
 
 
 @with_threads
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("x_t,w_t", [(False, False), (True, False), (False, True), (True, True)])
-# (450, 1100, 208): K crosses a K block (kBlockK = 1024), N ends in a partial panel.
+@pytest.mark.parametrize("x_t,w_t", [(False, False), (True, False), (False, True), (True, True),
+                                     ("strided", "strided")])
+# (450, 1100, 208): K crosses a K block (kBlockK = 1024; 256 where A is gathered), M a gathered
+# block's 384 rows, N ends in a partial panel.
 @pytest.mark.parametrize("m,k,n", [(203, 77, 96), (64, 300, 160), (1000, 16, 512), (450, 1100, 208)])
 def test_matches_torch(m, k, n, x_t, w_t, bias, threads):
     torch.manual_seed(0)

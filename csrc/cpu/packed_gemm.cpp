@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <optional>
+#include <vector>
 
 namespace fused_rnn {
 namespace cpu {
@@ -106,6 +107,20 @@ Panel row_major_panel(const float* b, int64_t ldb, int64_t N, int64_t p) {
   for (int64_t v = 0; v < view.chunks; ++v) view.first_col[v] = first + v * kChunk;
   return view;
 }
+
+// A(r, k) for r in [0, rows), k in [k0, k1), with A(r, k) = a[r * lda_r + k * lda_k], into
+// out[(k - k0) * rows + r]: row k of the block is one contiguous copy when lda_r == 1.
+void gather_rows(const float* a, int64_t lda_r, int64_t lda_k, int64_t rows, int64_t k0,
+                 int64_t k1, float* out) {
+  for (int64_t k = k0; k < k1; ++k, out += rows) {
+    const float* src = a + k * lda_k;
+    if (lda_r == 1) {
+      std::copy(src, src + rows, out);
+    } else {
+      for (int64_t r = 0; r < rows; ++r) out[r] = src[r * lda_r];
+    }
+  }
+}
 #endif
 
 }  // namespace
@@ -138,19 +153,35 @@ void gemm(const float* a, int64_t lda_r, int64_t lda_k, const float* b, int64_t 
   if (!in_place) packed.emplace(PackedMatrix::all_columns(b, ldb_k, ldb_n, K, N));
   const int64_t panels = (N / kChunk + kMaxChunksPerPanel - 1) / kMaxChunksPerPanel;
   auto panel_at = [&](int64_t p) { return in_place ? row_major_panel(b, ldb_k, N, p) : packed->panel(p); };
-  const Blocking blocking = lda_k == 1 ? kRowMajorA : kColumnMajorA;
+  // A read down its columns is gathered block by block (kGatheredA in packed_layout.h).
+  const bool gather_a = lda_k != 1;
+  const Blocking blocking = gather_a ? kGatheredA : kRowMajorA;
   const int64_t tiles = (M + kTileRows - 1) / kTileRows;
   at::parallel_for(0, tiles, 1, [&](int64_t tile_begin, int64_t tile_end) {
     const int64_t r_begin = tile_begin * kTileRows, r_end = std::min(tile_end * kTileRows, M);
+    // This thread's gathered block of A: [k1 - k0][rows], A(r0 + r, k) at [(k - k0) * rows + r].
+    static thread_local std::vector<float> gathered;
+    if (gather_a) gathered.resize(blocking.rows * blocking.k);
     for (int64_t r0 = r_begin; r0 < r_end; r0 += blocking.rows) {
       const int64_t rows = std::min(blocking.rows, r_end - r0);
       for (int64_t p0 = 0; p0 < panels; p0 += blocking.panels) {
         const int64_t p1 = std::min(p0 + blocking.panels, panels);
         for (int64_t k0 = 0; k0 < K; k0 += blocking.k) {
           const int64_t k1 = std::min(k0 + blocking.k, K);
+          const float* a_block = a + r0 * lda_r;
+          int64_t block_lda_r = lda_r, block_lda_k = lda_k, block_k0 = k0, block_k1 = k1;
+          if (gather_a) {
+            gather_rows(a_block, lda_r, lda_k, rows, k0, k1, gathered.data());
+            a_block = gathered.data();
+            block_lda_r = 1, block_lda_k = rows, block_k0 = 0, block_k1 = k1 - k0;
+          }
           for (int64_t p = p0; p < p1; ++p) {
-            panel_block(a + r0 * lda_r, lda_r, lda_k, rows, panel_at(p), k0, k1, c + r0 * ldc,
-                        ldc, accumulate || k0 > 0, bias);
+            // The kernel walks rows [block_k0, block_k1) of A and of the panel alike: shift
+            // the panel to the block's first row when A is the gathered block.
+            Panel panel = panel_at(p);
+            if (gather_a) panel.data += k0 * panel.ld;
+            panel_block(a_block, block_lda_r, block_lda_k, rows, panel, block_k0, block_k1,
+                        c + r0 * ldc, ldc, accumulate || k0 > 0, bias);
           }
         }
       }

@@ -60,11 +60,12 @@ void packed_gemm(const float* a, int64_t lda_r, int64_t lda_k, int64_t rows, con
 // projection, weight gradients): C [M, N] (+)= A [M, K] · B [K, N] with
 //   A(r, k) = a[r * lda_r + k * lda_k], B(k, n) = b[k * ldb_k + n * ldb_n], C row r at c + r * ldc.
 // Without accumulate, C starts from the row vector bias [N] when given (else 0). B is packed
-// first unless gemm_reads_b_in_place. Splits the rows of C between the threads. Requires
+// first unless gemm_reads_b_in_place; an A read down its columns (lda_k != 1) is gathered per
+// block into a buffer of each thread's. Splits the rows of C between the threads. Requires
 // N % 16 == 0, K > 0 and cpu_has_avx512().
 // A weight gradient's B (A read down its columns, K = T·B) is a sequence-sized activation:
-// packing would copy it whole, so a row-major one is read in place; the short K blocks of that
-// case lose little by it. Every other B is packed once (it is weight-sized): measured, d x =
+// packing would copy it whole, so a row-major one is read in place (its A is gathered block by
+// block instead, packed_layout.h kGatheredA). Every other B is packed once (it is weight-sized): measured, d x =
 // d_pre · W_ih ran at ~400 GF/s with W_ih in place and ~475 packed.
 inline bool gemm_reads_b_in_place(int64_t lda_k, int64_t ldb_n) { return ldb_n == 1 && lda_k != 1; }
 

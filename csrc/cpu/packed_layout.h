@@ -24,10 +24,13 @@ struct Blocking {
 // exceed. Measured on the 2-core AMD EPYC (AVX-512), one thread, 265 GF/s FMA peak: K blocks of
 // 128 ran at 200-240 GF/s, of 1024 at 250-258.
 constexpr Blocking kRowMajorA{64 * kTileRows, 4, 1024};
-// A read down its columns (a weight gradient's d_preᵀ, where K = T·B): each k of a tile is
-// another row of A, another page, so short K blocks keep a tile's rows of A in L1 and the TLB
-// (long ones ran 30% slower there): ~210 GF/s.
-constexpr Blocking kColumnMajorA{16 * kTileRows, 16, 128};
+// A read down its columns (a weight gradient's d_preᵀ, where K = T·B): each k of a tile would be
+// another row of A, another page (TLB misses, no prefetch across pages: ~180 GF/s on one thread),
+// so each thread first gathers the block's rows of A, k by k, into a buffer of its own (384 KiB)
+// and the tiles read that like a row-major A. Measured on the 2-core AMD EPYC, dW = d_preᵀ · x at
+// mid (K = 6400, 2048 x 512), both cores busy: 181 GF/s a thread read in place in blocks of
+// 96 x 16 x 128, 212 gathered in blocks of 384 x 16 x 256.
+constexpr Blocking kGatheredA{64 * kTileRows, 16, 256};
 // The recurrence's GEMMs (packed_gemm: B rows of h times the thread's panels) read h along its
 // rows.
 constexpr int64_t kBlockK = kRowMajorA.k;
