@@ -66,11 +66,19 @@ void forward_loop(int64_t T, bool reverse, int64_t gates, const Tensor& h, const
       const Tensor scratch = sequence_buffer({B, P}, h.options());
       float* const state[2] = {h.data_ptr<float>(), scratch.data_ptr<float>()};
       float* hh_data = hh.data_ptr<float>();
+      // Prefetching the next step's x_proj into L1 pays while a thread's share of it fits there.
+      // Measured on the 2-core AMD EPYC (48 KiB L1), LSTM recurrence: small_batch (32 KiB a
+      // thread) 6.25 ms with it against 6.6 without; mid (256 KiB) 33.6 with it against 31.9
+      // without: there the hardware prefetcher keeps up, and the burst of prefetches evicts
+      // the GEMM's data.
+      const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(),
+                                                                     packed.panels()));
+      const bool prefetch_x_proj = B * gates * H * int64_t{sizeof(float)} / threads <= 32 * 1024;
       cpu::run_recurrence(T, packed.panels(), [&](int64_t s, int64_t p0, int64_t p1) {
         const float* h_prev = state[s % 2];
         float* h_next = state[(s + 1) % 2];
         const int64_t j0 = p0 * units, j1 = std::min(p1 * units, H);
-        if (s + 1 < T) {
+        if (s + 1 < T && prefetch_x_proj) {
           // The next step's x_proj [B, gates*H] columns of these units, into cache while the
           // GEMM runs: the step would otherwise wait on memory for them.
           const float* x_next = step_at(time_at(s + 1, T, reverse)).x_proj;
