@@ -321,3 +321,26 @@ def test_second_derivative_raises(module):
     grad, = torch.autograd.grad(rnn(x)[0].sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="no second derivative"):
         torch.autograd.grad(grad.sum(), x)
+
+
+def test_saved_activations_go_through_saved_tensor_hooks():
+    """What the ops save for backward passes through autograd's saved-tensor hooks, which
+    save_on_cpu (README: TF1's swap_memory) and checkpointing rely on; backward reads what the
+    hooks give back."""
+    import fused_rnn
+    torch.manual_seed(0)
+    lstm = fused_rnn.LSTM(8, 16)
+    x = torch.randn(5, 3, 8, requires_grad=True)
+    y, _ = lstm(x)
+    expected = torch.autograd.grad(y.sum(), [x, *lstm.parameters()])
+    packed = []
+
+    def pack(t):
+        packed.append(tuple(t.shape))
+        return t.clone()
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y, _ = lstm(x)
+    assert (5, 3, 64) in packed and (5, 3, 16) in packed  # the saved gates, c_all and y
+    for got, want in zip(torch.autograd.grad(y.sum(), [x, *lstm.parameters()]), expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
