@@ -6,85 +6,20 @@
 // binding, the wrapper, a Python backward), which a cell called once per token paid on every step,
 // forward and backward. A call that needs no graph (grad mode off, or no input requiring a
 // gradient) goes straight to the device kernel.
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <string>
 #include <tuple>
 
+#include "op_calls.h"
+
 namespace fused_rnn {
 namespace {
 
-using at::Tensor;
-using OptTensor = std::optional<Tensor>;
+using namespace op_calls;  // NOLINT: the op structs and call helpers
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-// The ops (csrc/ops.cpp): name and signature. A call through the dispatcher goes through every
-// dispatch key; in call_below_autograd, at::AutoDispatchBelowADInplaceOrView skips the Autograd one.
-#define FUSED_RNN_OP(Op, op_name, ...)                     \
-  struct Op {                                               \
-    static constexpr const char* name = "fused_rnn::" op_name; \
-    using Signature = __VA_ARGS__;                          \
-  };
-FUSED_RNN_OP(ElmanForward, "elman_forward",
-             std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                        const OptTensor&, const OptTensor&, const OptTensor&, bool,
-                                        bool, c10::string_view))
-FUSED_RNN_OP(ElmanBackward, "elman_backward",
-             std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                                        const Tensor&, const Tensor&,
-                                                        const OptTensor&, const OptTensor&, bool,
-                                                        bool, c10::string_view))
-FUSED_RNN_OP(LstmForward, "lstm_forward",
-             std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
-                 const Tensor&, const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
-                 const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&, bool, bool,
-                 c10::string_view))
-FUSED_RNN_OP(LstmBackward, "lstm_backward",
-             std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
-                 const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                 const Tensor&, const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
-                 const OptTensor&, const OptTensor&, const OptTensor&, bool, c10::string_view))
-FUSED_RNN_OP(GruForward, "gru_forward",
-             std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                                        const OptTensor&, const OptTensor&,
-                                                        const OptTensor&, bool, bool, bool,
-                                                        c10::string_view))
-FUSED_RNN_OP(GruBackward, "gru_backward",
-             std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                                        const Tensor&, const Tensor&, const Tensor&,
-                                                        const Tensor&, const OptTensor&,
-                                                        const OptTensor&, bool, bool,
-                                                        c10::string_view))
-FUSED_RNN_OP(Linear, "linear", Tensor(const Tensor&, const Tensor&, const OptTensor&))
-FUSED_RNN_OP(ColumnSums, "column_sums", Tensor(const Tensor&))
-#undef FUSED_RNN_OP
-
-template <class Op, class... Args>
-auto call(Args&&... args) {
-  static const auto handle = c10::Dispatcher::singleton()
-                                 .findSchemaOrThrow(Op::name, "")
-                                 .template typed<typename Op::Signature>();
-  return handle.call(std::forward<Args>(args)...);
-}
-
-// The same call without the Autograd key: straight to the device kernel.
-template <class Op, class... Args>
-auto call_below_autograd(Args&&... args) {
-  at::AutoDispatchBelowADInplaceOrView below;
-  return call<Op>(std::forward<Args>(args)...);
-}
-
-bool requires_grad(const Tensor& t) { return t.defined() && t.requires_grad(); }
-bool requires_grad(const OptTensor& t) { return t.has_value() && requires_grad(*t); }
-
-// Whether a call with these differentiable inputs records a graph.
-template <class... Ts>
-bool needs_graph(const Ts&... inputs) {
-  return at::GradMode::is_enabled() && (requires_grad(inputs) || ...);
-}
 
 Tensor or_undefined(const OptTensor& t) { return t.value_or(Tensor()); }
 OptTensor optional(const Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }

@@ -34,6 +34,21 @@ TORCH_LIBRARY(fused_rnn, m) {
       "Tensor h0, Tensor w_hh, Tensor? lengths, Tensor? state_mask, bool reverse, "
       "bool reset_after, str algo=\"auto\") "
       "-> (Tensor grad_x_proj, Tensor grad_h0, Tensor grad_w_hh, Tensor grad_b_hh)");
+  // A whole layer-direction from its input x [T, B, I]: the input projection (linear), then the
+  // forward op (sequences.cpp). One call from Python instead of two; autograd goes through the
+  // two ops, which save what backward needs when a gradient is required.
+  m.def(
+      "elman_sequence(Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+      "Tensor? lengths, Tensor? state_mask, bool reverse, bool relu, str algo=\"auto\") "
+      "-> (Tensor y, Tensor h_n)");
+  m.def(
+      "lstm_sequence(Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh, Tensor? w_ch, Tensor? w_hr, Tensor? lengths, Tensor? state_mask, "
+      "bool reverse, str algo=\"auto\") -> (Tensor y, Tensor h_n, Tensor c_n)");
+  m.def(
+      "gru_sequence(Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+      "Tensor? lengths, Tensor? state_mask, bool reverse, bool reset_after, "
+      "str algo=\"auto\") -> (Tensor y, Tensor h_n)");
   // x [M, K] · wᵀ (+ b): the input projection of all steps at once (sequence/gemm.h).
   m.def("linear(Tensor x, Tensor w, Tensor? b) -> Tensor");
   // Σ of d [..., N] over every dimension but the last (bias gradients), with no reduction

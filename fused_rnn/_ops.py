@@ -30,38 +30,32 @@ def _require_kernels() -> None:
             "`pip install --no-build-isolation -e .`, or use backend='reference'.")
 
 
-def _needs_grad(*tensors: Optional[Tensor]) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 # ------------------------------------------------------------------------------- public wrappers
-def elman(x_proj: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], lengths: Optional[Tensor],
-          state_mask: Optional[Tensor], reverse: bool, relu: bool,
-          algo: str = "auto") -> Tuple[Tensor, Tensor]:
+# One layer and direction from its input x (T, B, I): the input projection and the recurrence in
+# one op call (csrc/sequences.cpp).
+def elman(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+          b_hh: Optional[Tensor], lengths: Optional[Tensor], state_mask: Optional[Tensor],
+          reverse: bool, relu: bool, algo: str = "auto") -> Tuple[Tensor, Tensor]:
     _require_kernels()
-    return torch.ops.fused_rnn.elman_forward(x_proj, h0, w_hh, b_hh, lengths, state_mask, reverse,
-                                             relu, algo)
+    return torch.ops.fused_rnn.elman_sequence(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, state_mask,
+                                              reverse, relu, algo)
 
 
-def lstm(x_proj: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor],
-         w_ch: Optional[Tensor], w_hr: Optional[Tensor], lengths: Optional[Tensor],
-         state_mask: Optional[Tensor], reverse: bool,
+def lstm(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+         b_hh: Optional[Tensor], w_ch: Optional[Tensor], w_hr: Optional[Tensor],
+         lengths: Optional[Tensor], state_mask: Optional[Tensor], reverse: bool,
          algo: str = "auto") -> Tuple[Tensor, Tensor, Tensor]:
     _require_kernels()
-    training = _needs_grad(x_proj, h0, c0, w_hh, b_hh, w_ch, w_hr)
-    y, h_n, c_n, _, _ = torch.ops.fused_rnn.lstm_forward(x_proj, h0, c0, w_hh, b_hh, w_ch, w_hr,
-                                                         lengths, state_mask, reverse, training, algo)
-    return y, h_n, c_n
+    return torch.ops.fused_rnn.lstm_sequence(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, lengths,
+                                             state_mask, reverse, algo)
 
 
-def gru(x_proj: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], lengths: Optional[Tensor],
-        state_mask: Optional[Tensor], reverse: bool, reset_after: bool,
-        algo: str = "auto") -> Tuple[Tensor, Tensor]:
+def gru(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+        b_hh: Optional[Tensor], lengths: Optional[Tensor], state_mask: Optional[Tensor],
+        reverse: bool, reset_after: bool, algo: str = "auto") -> Tuple[Tensor, Tensor]:
     _require_kernels()
-    training = _needs_grad(x_proj, h0, w_hh, b_hh)
-    y, h_n, _, _ = torch.ops.fused_rnn.gru_forward(x_proj, h0, w_hh, b_hh, lengths, state_mask,
-                                                   reverse, reset_after, training, algo)
-    return y, h_n
+    return torch.ops.fused_rnn.gru_sequence(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, state_mask,
+                                            reverse, reset_after, algo)
 
 
 def linear(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:

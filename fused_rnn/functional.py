@@ -1,9 +1,9 @@
 """Sequence functions: one layer, one direction, a whole sequence per call.
 
 Every function takes the sequence ``x`` of shape (T, B, I) and the layer's weights in torch.nn's
-layout, and returns the output sequence and the final state(s). The input projection
-``x @ w_ih.T + b_ih`` for all T steps is one GEMM here; the recurrence runs inside one compiled
-op (``torch.ops.fused_rnn.*``), so there is no per-step Python.
+layout, and returns the output sequence and the final state(s). One compiled op call
+(``torch.ops.fused_rnn.*_sequence``) runs the input projection ``x @ w_ih.T + b_ih`` for all T
+steps as one GEMM and then the whole recurrence, so there is no per-step Python.
 
 Shapes (G = gates per cell: Elman 1, GRU 3, LSTM 4; P = proj_size or H):
     x        (T, B, I)
@@ -87,13 +87,6 @@ def prepare_lengths(lengths: Optional[Tensor], batch: int, steps: int,
     return lengths.to(device=device, dtype=torch.int64, non_blocking=True).contiguous()
 
 
-def _project_input(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor]) -> Tensor:
-    """x (T, B, I) -> x @ w_ih.T + b_ih, shape (T, B, G*H): one GEMM for all steps."""
-    steps, batch, _ = x.shape
-    flat = x.reshape(steps * batch, x.size(2))
-    return _ops.linear(flat, w_ih, b_ih).view(steps, batch, w_ih.size(0))
-
-
 def rnn(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
         b_hh: Optional[Tensor] = None, *, nonlinearity: str = "tanh", lengths: Optional[Tensor] = None,
         reverse: bool = False, state_mask: Optional[Tensor] = None,
@@ -108,9 +101,8 @@ def rnn(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor
                              lengths=lengths, reverse=reverse, state_mask=state_mask)
     _check_sequence(x, h0, w_ih)
     lengths = prepare_lengths(lengths, x.size(1), x.size(0), x.device)
-    x_proj = _project_input(x, w_ih, b_ih)
-    return _ops.elman(x_proj, h0, w_hh, b_hh, lengths, state_mask, reverse, nonlinearity == "relu",
-                      algo)
+    return _ops.elman(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, state_mask, reverse,
+                      nonlinearity == "relu", algo)
 
 
 def lstm(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
@@ -138,8 +130,8 @@ def peephole_lstm(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
                                        lengths=lengths, reverse=reverse, state_mask=state_mask)
     _check_sequence(x, h0, w_ih)
     lengths = prepare_lengths(lengths, x.size(1), x.size(0), x.device)
-    x_proj = _project_input(x, w_ih, b_ih)
-    return _ops.lstm(x_proj, h0, c0, w_hh, b_hh, w_ch, w_hr, lengths, state_mask, reverse, algo)
+    return _ops.lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, lengths, state_mask, reverse,
+                     algo)
 
 
 def gru(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
@@ -156,5 +148,4 @@ def gru(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor
                              lengths=lengths, reverse=reverse, state_mask=state_mask)
     _check_sequence(x, h0, w_ih)
     lengths = prepare_lengths(lengths, x.size(1), x.size(0), x.device)
-    x_proj = _project_input(x, w_ih, b_ih)
-    return _ops.gru(x_proj, h0, w_hh, b_hh, lengths, state_mask, reverse, reset_after, algo)
+    return _ops.gru(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, state_mask, reverse, reset_after, algo)
