@@ -344,3 +344,36 @@ def test_saved_activations_go_through_saved_tensor_hooks():
     assert (5, 3, 64) in packed and (5, 3, 16) in packed  # the saved gates, c_all and y
     for got, want in zip(torch.autograd.grad(y.sum(), [x, *lstm.parameters()]), expected):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sequence_ops_match_projection_then_forward_op(device):
+    """{elman,lstm,gru}_sequence = fused_rnn::linear over all T·B rows, then the forward op:
+    the same values and gradients, and they pass opcheck (fake tensors, torch.compile)."""
+    torch.manual_seed(0)
+    T_, B_, I_, H_ = 4, 3, 5, 16
+    ops = torch.ops.fused_rnn
+    x = torch.randn(T_, B_, I_, device=device, requires_grad=True)
+    h0 = torch.randn(B_, H_, device=device)
+    for name, gates, extra in [("elman", 1, (False, True)), ("lstm", 4, (False,)),
+                               ("gru", 3, (False, False))]:
+        w_ih = torch.randn(gates * H_, I_, device=device, requires_grad=True)
+        w_hh = torch.randn(gates * H_, H_, device=device, requires_grad=True)
+        b_ih, b_hh = (torch.randn(gates * H_, device=device, requires_grad=True) for _ in range(2))
+        x_proj = ops.linear(x.reshape(T_ * B_, I_), w_ih, b_ih).view(T_, B_, gates * H_)
+        if name == "lstm":
+            args = (x, h0, h0, w_ih, w_hh, b_ih, b_hh, None, None, None, None) + extra
+            direct = ops.lstm_forward(x_proj, h0, h0, w_hh, b_hh, None, None, None, None, False,
+                                      True)[:3]
+        else:
+            args = (x, h0, w_ih, w_hh, b_ih, b_hh, None, None) + extra
+            forward = ops.elman_forward if name == "elman" else ops.gru_forward
+            direct = forward(x_proj, h0, w_hh, b_hh, None, None, *extra,
+                             *(() if name == "elman" else (True,)))[:2]
+        fused = getattr(ops, f"{name}_sequence")(*args)
+        inputs = [x, w_ih, w_hh, b_ih, b_hh]
+        got = torch.autograd.grad(sum(t.sum() for t in fused), inputs)
+        want = torch.autograd.grad(sum(t.sum() for t in direct), inputs)
+        for a, b in zip(list(fused) + list(got), list(direct) + list(want)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.library.opcheck(getattr(ops, f"{name}_sequence"), args)
