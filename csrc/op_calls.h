@@ -59,12 +59,18 @@ FUSED_RNN_OP(Linear, "linear", Tensor(const Tensor&, const Tensor&, const OptTen
 FUSED_RNN_OP(ColumnSums, "column_sums", Tensor(const Tensor&))
 #undef FUSED_RNN_OP
 
+// The op's handle, looked up once.
+template <class Op>
+const c10::TypedOperatorHandle<typename Op::Signature>& handle() {
+  static const auto typed = c10::Dispatcher::singleton()
+                                .findSchemaOrThrow(Op::name, "")
+                                .template typed<typename Op::Signature>();
+  return typed;
+}
+
 template <class Op, class... Args>
 auto call(Args&&... args) {
-  static const auto handle = c10::Dispatcher::singleton()
-                                 .findSchemaOrThrow(Op::name, "")
-                                 .template typed<typename Op::Signature>();
-  return handle.call(std::forward<Args>(args)...);
+  return handle<Op>().call(std::forward<Args>(args)...);
 }
 
 // The same call without the Autograd key: straight to the device kernel.

@@ -75,14 +75,19 @@ class SpinBarrier {
 // after phase_b: one thread's phase_b(s) may overlap another's phase_a(s + 1), so phase_a(s + 1)
 // must neither write what any phase_b(s) reads nor read what another thread's phase_b(s) writes.
 // The phases must not throw: a thread that left would leave the others waiting.
-template <class PhaseA, class PhaseB>
-void run_recurrence(int64_t steps, int64_t panels, const PhaseA& phase_a, const PhaseB& phase_b) {
+// How many workers run_recurrence splits `panels` panels between.
+inline int64_t recurrence_workers(int64_t panels) {
 #if AT_PARALLEL_OPENMP
-  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), panels));
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), panels));
 #else
   // Other backends may run the chunks one after another, which the barrier would deadlock.
-  const int64_t workers = 1;
+  return 1;
 #endif
+}
+
+template <class PhaseA, class PhaseB>
+void run_recurrence(int64_t steps, int64_t panels, const PhaseA& phase_a, const PhaseB& phase_b) {
+  const int64_t workers = recurrence_workers(panels);
   auto panel_of = [&](int64_t worker) { return worker * panels / workers; };
   SpinBarrier barrier(workers);
   // With OpenMP every chunk of this range runs on its own thread, all at once; a thread given

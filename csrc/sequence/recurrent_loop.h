@@ -71,9 +71,8 @@ void forward_loop(int64_t T, bool reverse, int64_t gates, const Tensor& h, const
       // thread) 6.25 ms with it against 6.6 without; mid (256 KiB) 33.6 with it against 31.9
       // without: there the hardware prefetcher keeps up, and the burst of prefetches evicts
       // the GEMM's data.
-      const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(),
-                                                                     packed.panels()));
-      const bool prefetch_x_proj = B * gates * H * int64_t{sizeof(float)} / threads <= 32 * 1024;
+      const bool prefetch_x_proj = B * gates * H * int64_t{sizeof(float)} /
+                                       cpu::recurrence_workers(packed.panels()) <= 32 * 1024;
       cpu::run_recurrence(T, packed.panels(), [&](int64_t s, int64_t p0, int64_t p1) {
         const float* h_prev = state[s % 2];
         float* h_next = state[(s + 1) % 2];
