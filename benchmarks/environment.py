@@ -88,6 +88,8 @@ def collect(device: torch.device) -> Dict[str, Any]:
         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
         "tf32_cudnn": torch.backends.cudnn.allow_tf32,
         "fused_rnn_build_info": _fused_build_info(),
+        # The switches of experimental kernels (FUSED_RNN_PERSISTENT_CLUSTER, ..._MMA) this ran with.
+        "fused_rnn_environment": {k: v for k, v in sorted(os.environ.items()) if k.startswith("FUSED_RNN_")},
         "git_commit": commit,
         "git_dirty": bool(dirty) if commit is not None and dirty is not None else None,
     }

@@ -11,9 +11,9 @@ OUT=${1:?usage: gpu_check.sh OUT_DIR [GIT_COMMIT]}
 COMMIT=${2:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 PY=${PYTHON:-python3}
 # $OUT gets only what is worth keeping (the device tool brings back at most 8 files): the log and
-# the results JSON, the JSON of the cluster, persistent, auto-limits, graphed and quick benchmark
-# runs, pipeline.json: 8 (benchmark_workloads, when asked for, adds its JSON and PNG instead of
-# some of them). Scratch (junit, stage list) stays in $WORK.
+# the results JSON, the JSON of the cluster, mma, persistent, auto-limits, graphed and quick
+# benchmark runs: 8 (benchmark_pipeline and benchmark_workloads, when asked for, add theirs
+# instead of some of them). Scratch (junit, stage list) stays in $WORK.
 WORK=$(mktemp -d)
 mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"
@@ -21,9 +21,9 @@ STAGES="$WORK/stages.txt"
 : > "$LOG"; : > "$STAGES"
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 
-DEFAULT_STAGES="environment build toolchain persistent_smoke cluster_smoke tests memcheck racecheck
-  memcheck_cluster racecheck_cluster profile_persistent profile_cluster benchmark_cluster benchmark_persistent
-  benchmark_auto_limits benchmark_graphed barrier_bench benchmark_quick benchmark_pipeline"
+DEFAULT_STAGES="environment build toolchain persistent_smoke cluster_smoke mma_smoke tests memcheck racecheck
+  memcheck_cluster racecheck_cluster memcheck_mma racecheck_mma profile_persistent profile_cluster
+  benchmark_cluster benchmark_mma benchmark_persistent benchmark_auto_limits benchmark_graphed benchmark_quick"
 DEFAULT_STAGES=$(echo $DEFAULT_STAGES)  # one line
 
 stage() {  # stage NAME SECONDS COMMAND...: run, log, record "NAME rc seconds"
@@ -54,17 +54,24 @@ stage toolchain 20 bash -c "g++ --version | head -1; ldd fused_rnn/_C*.so | grep
   $PY -c \"import torch, fused_rnn; print(sorted({l.split()[-1] for l in open('/proc/self/maps') if 'stdc++' in l or 'gcc_s' in l}))\""
 # The persistent kernels' first contact, alone and short: a kernel that hangs at a grid barrier
 # costs this stage's limit, not the test stage's, and the later stages then leave it out.
-PERSISTENT_OK=1; CLUSTER_OK=1
+PERSISTENT_OK=1; CLUSTER_OK=1; MMA_OK=1
 stage persistent_smoke 60 "$PY" tools/persistent_smoke.py grid || PERSISTENT_OK=0
 # The experimental one-cluster forward (FUSED_RNN_PERSISTENT_CLUSTER=1), likewise alone first.
 stage cluster_smoke 60 "$PY" tools/persistent_smoke.py cluster || CLUSTER_OK=0
+# The experimental tensor-core products (FUSED_RNN_PERSISTENT_MMA=1), likewise.
+stage mma_smoke 60 "$PY" tools/persistent_smoke.py mma || MMA_OK=0
 DESELECT=(); SANITIZER_ARGS=()
 if [ $PERSISTENT_OK = 0 ]; then
-  DESELECT=(-k "not persistent"); SANITIZER_ARGS=(--stepwise-only); CLUSTER_OK=0
+  DESELECT=(-k "not persistent"); SANITIZER_ARGS=(--stepwise-only); CLUSTER_OK=0; MMA_OK=0
   echo "===== persistent smoke failed: later stages leave the persistent algorithm out" | tee -a "$LOG"
-elif [ $CLUSTER_OK = 0 ]; then
-  DESELECT=(-k "not cluster")
-  echo "===== cluster smoke failed: later stages leave the cluster kernel out" | tee -a "$LOG"
+else
+  LEAVE_OUT=""  # a pytest -k expression
+  [ $CLUSTER_OK = 0 ] && LEAVE_OUT="not cluster"
+  [ $MMA_OK = 0 ] && LEAVE_OUT="${LEAVE_OUT:+$LEAVE_OUT and }not tensor_cores"
+  if [ -n "$LEAVE_OUT" ]; then
+    DESELECT=(-k "$LEAVE_OUT")
+    echo "===== experimental smoke failed: later stages run -k \"$LEAVE_OUT\"" | tee -a "$LOG"
+  fi
 fi
 # Every test (the CUDA ones and, on this machine's torch, the CPU ones too).
 stage tests 180 "$PY" -m pytest tests -q "${PARALLEL[@]}" "${DESELECT[@]}" --junitxml="$WORK/junit.xml" -p no:cacheprovider
@@ -74,6 +81,10 @@ stage racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 9 "$PY" t
   "$PY" tools/sanitizer_workload.py --cluster
 [ $CLUSTER_OK = 1 ] && stage racecheck_cluster 60 compute-sanitizer --tool racecheck --error-exitcode 9 \
   "$PY" tools/sanitizer_workload.py --cluster
+[ $MMA_OK = 1 ] && stage memcheck_mma 60 compute-sanitizer --tool memcheck --error-exitcode 9 \
+  "$PY" tools/sanitizer_workload.py --mma
+[ $MMA_OK = 1 ] && stage racecheck_mma 60 compute-sanitizer --tool racecheck --error-exitcode 9 \
+  "$PY" tools/sanitizer_workload.py --mma
 # Most wanted first (a run cut short keeps what it did): where a persistent step's time goes
 # (issue 6), the experimental cluster forward against the grid kernel, the two algorithms and
 # auto side by side where the persistent kernel is meant to win, then where it stops paying,
@@ -87,6 +98,10 @@ NCU=(ncu --clock-control none -k regex:forward_kernel --launch-skip 1 --launch-c
 [ $CLUSTER_OK = 1 ] && stage benchmark_cluster 60 env FUSED_RNN_PERSISTENT_CLUSTER=require "$PY" -m benchmarks \
   --device cuda --cells lstm,gru,rnn_tanh --workloads small_batch,long_tiny --dtypes fp32,bf16 \
   --modes inference --contenders fused_persistent,torch.nn --no-plot --out "$OUT"
+# The tensor-core products against the FFMA ones (benchmark_persistent) and cuDNN, bf16.
+[ $MMA_OK = 1 ] && stage benchmark_mma 60 env FUSED_RNN_PERSISTENT_MMA=require "$PY" -m benchmarks \
+  --device cuda --cells lstm,gru --workloads small_batch,mid,long_tiny,deepbench_1024 --dtypes bf16 \
+  --contenders fused_persistent,torch.nn --no-plot --out "$OUT"
 [ $PERSISTENT_OK = 1 ] && stage benchmark_persistent 90 "$PY" -m benchmarks --device cuda --cells lstm,gru,rnn_tanh,peephole_lstm \
   --workloads small_batch,mid,long_tiny --dtypes fp32,bf16 \
   --contenders fused,fused_stepwise,fused_persistent,torch.nn --no-plot --out "$OUT"

@@ -22,6 +22,9 @@ def main(argv) -> int:
     # "require" a shape the cluster plan declines raises instead of running the grid kernel.
     if "--cluster" in argv:
         os.environ["FUSED_RNN_PERSISTENT_CLUSTER"] = "require"
+    # --mma: the persistent kernels multiply bfloat16 on tensor cores (experimental), =require.
+    if "--mma" in argv:
+        os.environ["FUSED_RNN_PERSISTENT_MMA"] = "require"
     torch.manual_seed(0)
     failures = 0
     for cell in CELLS:

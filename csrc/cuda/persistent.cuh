@@ -9,17 +9,17 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "fused_rnn/cell_steps.h"
 #include "fused_rnn/persistent.h"
+#include "persistent_products.cuh"
 
 namespace fused_rnn {
 namespace persistent {
 
 namespace cg = cooperative_groups;
 
-inline __host__ __device__ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-inline __host__ __device__ int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 inline __device__ int min_int(int64_t a, int64_t b) { return static_cast<int>(a < b ? a : b); }
 
 // A load that bypasses L1 (__ldcg), for any storage type: other blocks wrote these values during
@@ -53,13 +53,17 @@ __device__ void store_staged(acc_t* dst, int stride, int cols, int i0, const sca
   }
 }
 
-// Copies `rows` rows of `cols` elements (contiguous in global memory) into shared memory as the
-// compute type, row stride `stride`, and zeroes rows [rows, rows_pad). Every thread of the block
-// must call this (the alignment branch is the same for all of them).
+// Copies `rows` rows of `cols` elements (contiguous in global memory) into shared memory as
+// acc_t (the product's element type), row stride `stride`, and zeroes rows [rows, rows_pad).
+// Every thread of the block must call this (the alignment branches are the same for all of them).
 template <typename acc_t, typename scalar_t>
 __device__ void stage_rows(acc_t* dst, int stride, const scalar_t* src, int cols, int rows,
                            int rows_pad) {
   constexpr int kPerVector = 16 / sizeof(scalar_t);  // elements per 16-byte load
+  // No conversion and 16-byte aligned rows (the tensor-core product's layout): each loaded
+  // vector is stored whole.
+  const bool whole_vectors = std::is_same_v<acc_t, scalar_t> && cols % kPerVector == 0 &&
+                             stride % kPerVector == 0;
   const int count = rows * cols;
   int vectors = 0;  // the first vectors * kPerVector elements go as 16-byte loads
   if (reinterpret_cast<uintptr_t>(src) % 16 == 0) {
@@ -76,7 +80,10 @@ __device__ void stage_rows(acc_t* dst, int stride, const scalar_t* src, int cols
 #pragma unroll
       for (int u = 0; u < kStageLoadsInFlight; ++u) {
         const int v = v0 + u * blockDim.x;
-        if (v < vectors) {
+        if (v < vectors && whole_vectors) {
+          const int r = v * kPerVector / cols;
+          *reinterpret_cast<uint4*>(dst + r * stride + (v * kPerVector - r * cols)) = loaded[u];
+        } else if (v < vectors) {
           scalar_t values[kPerVector];
           memcpy(values, &loaded[u], sizeof(values));
           store_staged(dst, stride, cols, v * kPerVector, values, kPerVector);
@@ -93,79 +100,21 @@ __device__ void stage_rows(acc_t* dst, int stride, const scalar_t* src, int cols
   }
 }
 
-// For every r < rows_pad and b < batch_pad (multiples of kTileRows and kTileBatch):
-//   out(r, b, Σ_k a[r][k] · x[b][k]),  a [rows_pad][stride], x [batch_pad][stride], k < K.
-// A group of `lanes` threads (a power of two up to a warp) computes one kTileRows × kTileBatch
-// tile: each lane takes every lanes-th k, then warp shuffles add the lanes' partial sums. Small
-// problems (few tiles) so still use the whole block. Every thread of the block must call this.
-template <typename acc_t, class Out>
-__device__ void tile_dots(const acc_t* a, int rows_pad, const acc_t* x, int batch_pad, int K,
-                          int stride, const Out& out) {
-  const int row_tiles = rows_pad / kTileRows;
-  const int tiles = row_tiles * (batch_pad / kTileBatch);
-  int lanes = 32;
-  while (lanes > 1 && tiles * lanes > static_cast<int>(blockDim.x)) lanes /= 2;
-  const int groups = blockDim.x / lanes;
-  const int group = threadIdx.x / lanes, lane = threadIdx.x % lanes;
-  // The same number of rounds for every thread, so that whole warps reach the shuffles.
-  for (int first = 0; first < tiles; first += groups) {
-    const int tile = first + group;
-    const bool active = tile < tiles;
-    const int r0 = active ? (tile % row_tiles) * kTileRows : 0;
-    const int b0 = active ? (tile / row_tiles) * kTileBatch : 0;
-    acc_t acc[kTileRows][kTileBatch];
-#pragma unroll
-    for (int i = 0; i < kTileRows; ++i) {
-#pragma unroll
-      for (int j = 0; j < kTileBatch; ++j) acc[i][j] = acc_t(0);
-    }
-    if (active) {
-      for (int k = lane; k < K; k += lanes) {
-        acc_t av[kTileRows], xv[kTileBatch];
-#pragma unroll
-        for (int i = 0; i < kTileRows; ++i) av[i] = a[(r0 + i) * stride + k];
-#pragma unroll
-        for (int j = 0; j < kTileBatch; ++j) xv[j] = x[(b0 + j) * stride + k];
-#pragma unroll
-        for (int i = 0; i < kTileRows; ++i) {
-#pragma unroll
-          for (int j = 0; j < kTileBatch; ++j) acc[i][j] += av[i] * xv[j];
-        }
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < kTileRows; ++i) {
-#pragma unroll
-      for (int j = 0; j < kTileBatch; ++j) {
-        for (int offset = lanes / 2; offset > 0; offset /= 2) {
-          acc[i][j] += __shfl_xor_sync(0xffffffffu, acc[i][j], offset);
-        }
-      }
-    }
-    if (active && lane == 0) {
-#pragma unroll
-      for (int i = 0; i < kTileRows; ++i) {
-#pragma unroll
-        for (int j = 0; j < kTileBatch; ++j) out(r0 + i, b0 + j, acc[i][j]);
-      }
-    }
-  }
-}
-
 // out(b, r, Σ_k w_s[r][k] · src[b][k]) for every batch row b < B of src [B, K] (global, row
 // stride K) and every row r < rows_pad of w_s: src is staged into x_s (room for `chunk` rows of
 // stride `stride`) a chunk of rows at a time. Every thread of the block must call this; when it
 // returns, every out() call of the block has been made.
-template <typename acc_t, typename scalar_t, class Out>
-__device__ void multiply_staged(const acc_t* w_s, int rows_pad, acc_t* x_s, int chunk, int stride,
-                                const scalar_t* src, int B, int K, const Out& out) {
+template <class Product, typename smem_t, typename scalar_t, class Out>
+__device__ void multiply_staged(const smem_t* w_s, int rows_pad, smem_t* x_s, int chunk,
+                                int stride, float* scratch, const scalar_t* src, int B, int K,
+                                const Out& out) {
   for (int b0 = 0; b0 < B; b0 += chunk) {
     const int rows = min_int(chunk, B - b0);
-    const int rows_padded = static_cast<int>(round_up(rows, kTileBatch));
+    const int rows_padded = static_cast<int>(round_up(rows, Product::kBatchTile));
     __syncthreads();  // the previous chunk's products are done with x_s (and w_s is loaded)
     stage_rows(x_s, stride, src + static_cast<int64_t>(b0) * K, K, rows, rows_padded);
     __syncthreads();
-    tile_dots(w_s, rows_pad, x_s, rows_padded, K, stride, [&](int r, int b, acc_t value) {
+    Product::dots(w_s, rows_pad, x_s, rows_padded, K, stride, scratch, [&](int r, int b, auto value) {
       if (b < rows) out(b0 + b, r, value);
     });
   }
@@ -190,17 +139,25 @@ struct BlockUnits {
         units(min_int(per_block, H - blockIdx.x * per_block)) {}
 };
 
-// The forward's W slice: w_s row g*U + u = W_hh [G*H, H] row g*H + u0 + u, as the compute type,
-// row stride `stride`; rows of units past `own.units` and rows [G*U, rows_pad) are zero.
-template <typename acc_t, typename scalar_t>
-__device__ void load_own_rows(acc_t* w_s, int stride, int rows_pad, const scalar_t* w_hh, int H,
-                              int G, int U, const BlockUnits& own) {
-  for (int i = threadIdx.x; i < rows_pad * H; i += blockDim.x) {
-    const int r = i / H, k = i % H, g = r / U, u = r % U;
-    w_s[r * stride + k] = g < G && u < own.units
-                              ? static_cast<acc_t>(w_hh[static_cast<int64_t>(g * H + own.u0 + u) * H + k])
-                              : acc_t(0);
+// The forward's W slice: w_s row g*U + u = W_hh [G*H, H] row g*H + u0 + u, as smem_t, row
+// stride `stride`, `columns` columns; rows of units past `own.units`, rows [G*U, rows_pad) and
+// columns [H, columns) are zero.
+template <typename smem_t, typename scalar_t>
+__device__ void load_own_rows(smem_t* w_s, int stride, int rows_pad, int columns,
+                              const scalar_t* w_hh, int H, int G, int U, const BlockUnits& own) {
+  for (int i = threadIdx.x; i < rows_pad * columns; i += blockDim.x) {
+    const int r = i / columns, k = i % columns, g = r / U, u = r % U;
+    w_s[r * stride + k] = g < G && u < own.units && k < H
+                              ? static_cast<smem_t>(w_hh[static_cast<int64_t>(g * H + own.u0 + u) * H + k])
+                              : smem_t(0);
   }
+}
+
+// Zeroes n elements of shared memory (the staging buffer once: staging never writes the columns
+// past K that a product reads).
+template <typename smem_t>
+__device__ void zero_shared(smem_t* p, int n) {
+  for (int i = threadIdx.x; i < n; i += blockDim.x) p[i] = smem_t(0);
 }
 
 // Starts a step's input rows of the own units (x_proj [B, G*H], read-only in the kernels) on
@@ -213,22 +170,25 @@ __device__ void prefetch_own_inputs(const scalar_t* x_proj, int B, int G, int H,
   }
 }
 
-template <class Step>
+template <class Step, class Product>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
     forward_kernel(const PersistentForwardArgs<Step> a, const PersistentPlan plan) {
   using scalar_t = typename Step::scalar_type;
   using acc_t = at::opmath_type<scalar_t>;
+  using smem_t = typename Product::smem_t;
   cg::grid_group grid = cg::this_grid();
   const int H = static_cast<int>(a.H), G = static_cast<int>(a.gates), B = static_cast<int>(a.B);
   const int U = static_cast<int>(plan.units), chunk = static_cast<int>(plan.batch_chunk);
   const BlockUnits own(U, H);
-  const int rows_pad = static_cast<int>(round_up(G * U, kTileRows));
-  const int stride = H + 1;  // padded rows: neighbouring rows start in different banks
+  const int rows_pad = static_cast<int>(round_up(G * U, Product::kRowTile));
+  const int stride = static_cast<int>(Product::stride(H));
   extern __shared__ __align__(16) unsigned char shared_raw[];
-  acc_t* w_s = reinterpret_cast<acc_t*>(shared_raw);  // [rows_pad][stride] row g*U+u = W_hh row g*H+u0+u
-  acc_t* h_s = w_s + rows_pad * stride;                // [chunk][stride] rows of the state
+  smem_t* w_s = reinterpret_cast<smem_t*>(shared_raw);  // [rows_pad][stride] row g*U+u = W_hh row g*H+u0+u
+  smem_t* h_s = w_s + rows_pad * stride;                // [chunk][stride] rows of the state
+  float* scratch = reinterpret_cast<float*>(h_s + chunk * stride);  // Product::kScratchBytes
 
-  load_own_rows(w_s, stride, rows_pad, a.w_hh, H, G, U, own);
+  load_own_rows(w_s, stride, rows_pad, static_cast<int>(Product::columns(H)), a.w_hh, H, G, U, own);
+  zero_shared(h_s, chunk * stride);
   Step step = a.steps[0];
   for (int64_t s = 0; s < a.T; ++s) {
     // Selected, not indexed: a dynamic index would copy the array into local memory.
@@ -236,7 +196,8 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     scalar_t* h_next = s % 2 == 0 ? a.state[1] : a.state[0];
     // The next step's struct, loaded now so that its latency hides behind this step's work.
     const Step next = a.steps[s + 1 < a.T ? s + 1 : s];
-    multiply_staged(w_s, rows_pad, h_s, chunk, stride, h_cur, B, H, [&](int b, int r, acc_t value) {
+    multiply_staged<Product>(w_s, rows_pad, h_s, chunk, stride, scratch, h_cur, B, H,
+                             [&](int b, int r, acc_t value) {
       const int g = r / U, u = r % U;
       if (g < G && u < own.units) {
         a.hh[static_cast<int64_t>(b) * G * H + g * H + own.u0 + u] = static_cast<scalar_t>(value);
@@ -286,7 +247,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   h_s[1] = h_s[0] + B * H;
   scalar_t* hh_s = h_s[1] + B * H;                     // [B][G*H]; only own columns are written
 
-  load_own_rows(w_s, stride, rows_pad, a.w_hh, H, G, U, own);
+  load_own_rows(w_s, stride, rows_pad, H, a.w_hh, H, G, U, own);
   for (int i = threadIdx.x; i < (batch_pad - B) * H; i += blockDim.x) {
     x_s[(B + i / H) * stride + i % H] = acc_t(0);  // padding rows, never gathered into
   }
@@ -349,27 +310,32 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
 #endif
 }
 
-template <class Step>
+template <class Step, class Product>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
     backward_kernel(const PersistentBackwardArgs<Step> a, const PersistentPlan plan) {
   using scalar_t = typename Step::scalar_type;
   using acc_t = at::opmath_type<scalar_t>;
+  using smem_t = typename Product::smem_t;
   cg::grid_group grid = cg::this_grid();
   const int H = static_cast<int>(a.H), B = static_cast<int>(a.B);
   const int K = static_cast<int>(a.gates * a.H);  // d_pre's row length
   const int U = static_cast<int>(plan.units), chunk = static_cast<int>(plan.batch_chunk);
   const BlockUnits own(U, H);
-  const int rows_pad = static_cast<int>(round_up(U, kTileRows));
-  const int stride = K + 1;
+  const int rows_pad = static_cast<int>(round_up(U, Product::kRowTile));
+  const int stride = static_cast<int>(Product::stride(K));
+  const int columns = static_cast<int>(Product::columns(K));
   extern __shared__ __align__(16) unsigned char shared_raw[];
-  acc_t* w_s = reinterpret_cast<acc_t*>(shared_raw);  // [rows_pad][stride] row n = W_hh column u0+n
-  acc_t* d_s = w_s + rows_pad * stride;                // [chunk][stride] rows of d_pre_t
+  smem_t* w_s = reinterpret_cast<smem_t*>(shared_raw);  // [rows_pad][stride] row n = W_hh column u0+n
+  smem_t* d_s = w_s + rows_pad * stride;                // [chunk][stride] rows of d_pre_t
+  float* scratch = reinterpret_cast<float*>(d_s + chunk * stride);  // Product::kScratchBytes
 
-  for (int i = threadIdx.x; i < rows_pad * K; i += blockDim.x) {
+  for (int i = threadIdx.x; i < rows_pad * columns; i += blockDim.x) {
     const int k = i / rows_pad, n = i % rows_pad;  // n fastest: neighbouring threads read neighbours
-    w_s[n * stride + k] = n < own.units ? static_cast<acc_t>(a.w_hh[static_cast<int64_t>(k) * H + own.u0 + n])
-                                        : acc_t(0);
+    w_s[n * stride + k] = n < own.units && k < K
+                              ? static_cast<smem_t>(a.w_hh[static_cast<int64_t>(k) * H + own.u0 + n])
+                              : smem_t(0);
   }
+  zero_shared(d_s, chunk * stride);
   for (int64_t i = 0; i < a.T; ++i) {
     const Step step = a.steps[i];
     for (int e = threadIdx.x; e < B * own.units; e += blockDim.x) {
@@ -377,8 +343,8 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     }
     grid.sync();  // d_pre_t complete in every block
     const int64_t t = a.reverse ? i : a.T - 1 - i;
-    multiply_staged(w_s, rows_pad, d_s, chunk, stride, a.d_pre + t * B * K, B, K,
-                    [&](int b, int n, acc_t value) {
+    multiply_staged<Product>(w_s, rows_pad, d_s, chunk, stride, scratch, a.d_pre + t * B * K, B, K,
+                             [&](int b, int n, acc_t value) {
                       if (n < own.units) {
                         scalar_t* dh = a.dh + static_cast<int64_t>(b) * H + own.u0 + n;
                         *dh = static_cast<scalar_t>(static_cast<acc_t>(*dh) + value);
@@ -387,22 +353,34 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   }
 }
 
+// Whether `kernel` (one instantiated with a tensor-core product) has sm_80+ code to run here: a
+// build for older GPUs only (a PTX JIT from compute_75, say) has an empty body.
+inline bool tensor_cores_run(const void* kernel) {
+  if (at::cuda::getCurrentDeviceProperties()->major < 8) return false;
+  cudaFuncAttributes attributes;
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
+  return attributes.binaryVersion >= 80 && attributes.ptxVersion >= 80;
+}
+
 // Units per block, shared-memory layout and residency for a kernel that keeps `rows_per_unit`
-// rows of length K per hidden unit and stages batch rows of length K.
-inline PersistentPlan make_plan(const void* kernel, int64_t B, int64_t H, int64_t rows_per_unit,
-                                int64_t K, int64_t element_bytes) {
+// rows of length K per hidden unit and stages batch rows of length K, with Product's layout.
+template <class Product>
+PersistentPlan make_plan(const void* kernel, int64_t B, int64_t H, int64_t rows_per_unit, int64_t K) {
+  if (Product::kTensorCores && !tensor_cores_run(kernel)) return {};
   const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
   const int64_t sms = prop->multiProcessorCount;
   const int64_t units = persistent_units_per_block(H, sms);
-  const int64_t row_bytes = (K + 1) * element_bytes;
-  const int64_t w_bytes = round_up(rows_per_unit * units, kTileRows) * row_bytes;
-  const int64_t free_rows = (static_cast<int64_t>(prop->sharedMemPerBlockOptin) - w_bytes) / row_bytes;
-  const int64_t chunk_limit = free_rows / kTileBatch * kTileBatch;
-  if (B < 1 || chunk_limit < kTileBatch) return {};
+  const int64_t row_bytes = Product::stride(K) * static_cast<int64_t>(sizeof(typename Product::smem_t));
+  const int64_t w_bytes = round_up(rows_per_unit * units, Product::kRowTile) * row_bytes;
+  const int64_t free_rows =
+      (static_cast<int64_t>(prop->sharedMemPerBlockOptin) - w_bytes - Product::kScratchBytes) / row_bytes;
+  const int64_t chunk_limit = free_rows / Product::kBatchTile * Product::kBatchTile;
+  if (B < 1 || chunk_limit < Product::kBatchTile) return {};
   PersistentPlan plan;
   plan.units = units;
-  plan.batch_chunk = std::min(round_up(B, kTileBatch), chunk_limit);
-  plan.shared_bytes = w_bytes + plan.batch_chunk * row_bytes;
+  plan.batch_chunk = std::min(round_up(B, Product::kBatchTile), chunk_limit);
+  plan.shared_bytes = w_bytes + plan.batch_chunk * row_bytes + Product::kScratchBytes;
+  plan.tensor_cores = Product::kTensorCores;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(plan.shared_bytes)));
   int per_sm = 0;
@@ -494,10 +472,14 @@ void launch(Kernel kernel, const Args& args, const PersistentPlan& plan) {
 }  // namespace persistent
 
 template <class Step>
-PersistentPlan plan_persistent_forward(int64_t B, int64_t H, int64_t gates) {
-  using acc_t = at::opmath_type<typename Step::scalar_type>;
-  return persistent::make_plan(reinterpret_cast<const void*>(&persistent::forward_kernel<Step>),
-                               B, H, gates, H, sizeof(acc_t));
+PersistentPlan plan_persistent_forward(int64_t B, int64_t H, int64_t gates, bool tensor_cores) {
+  using scalar_t = typename Step::scalar_type;
+  if (tensor_cores && !persistent::kHasTensorCoreProduct<scalar_t>) return {};
+  return persistent::with_product<scalar_t>(tensor_cores, [&](auto product) {
+    using Product = decltype(product);
+    const void* kernel = reinterpret_cast<const void*>(&persistent::forward_kernel<Step, Product>);
+    return persistent::make_plan<Product>(kernel, B, H, gates, H);
+  });
 }
 
 template <class Step>
@@ -508,22 +490,30 @@ PersistentPlan plan_persistent_cluster_forward(int64_t B, int64_t H, int64_t gat
 }
 
 template <class Step>
-PersistentPlan plan_persistent_backward(int64_t B, int64_t H, int64_t gates) {
-  using acc_t = at::opmath_type<typename Step::scalar_type>;
-  return persistent::make_plan(reinterpret_cast<const void*>(&persistent::backward_kernel<Step>),
-                               B, H, 1, gates * H, sizeof(acc_t));
+PersistentPlan plan_persistent_backward(int64_t B, int64_t H, int64_t gates, bool tensor_cores) {
+  using scalar_t = typename Step::scalar_type;
+  if (tensor_cores && !persistent::kHasTensorCoreProduct<scalar_t>) return {};
+  return persistent::with_product<scalar_t>(tensor_cores, [&](auto product) {
+    using Product = decltype(product);
+    const void* kernel = reinterpret_cast<const void*>(&persistent::backward_kernel<Step, Product>);
+    return persistent::make_plan<Product>(kernel, B, H, 1, gates * H);
+  });
 }
 
 template <class Step>
 void launch_persistent_forward(const PersistentForwardArgs<Step>& args, const PersistentPlan& plan) {
   if (plan.cluster) return persistent::launch(&persistent::cluster_forward_kernel<Step>, args, plan);
-  persistent::launch(&persistent::forward_kernel<Step>, args, plan);
+  persistent::with_product<typename Step::scalar_type>(plan.tensor_cores, [&](auto product) {
+    persistent::launch(&persistent::forward_kernel<Step, decltype(product)>, args, plan);
+  });
 }
 
 template <class Step>
 void launch_persistent_backward(const PersistentBackwardArgs<Step>& args,
                                 const PersistentPlan& plan) {
-  persistent::launch(&persistent::backward_kernel<Step>, args, plan);
+  persistent::with_product<typename Step::scalar_type>(plan.tensor_cores, [&](auto product) {
+    persistent::launch(&persistent::backward_kernel<Step, decltype(product)>, args, plan);
+  });
 }
 
 }  // namespace fused_rnn
@@ -532,11 +522,11 @@ void launch_persistent_backward(const PersistentBackwardArgs<Step>& args,
 // templates) for every supported storage type.
 #define FUSED_RNN_INSTANTIATE_PERSISTENT_FOR(Forward, Backward, scalar_t)                       \
   template fused_rnn::PersistentPlan fused_rnn::plan_persistent_forward<Forward<scalar_t>>(    \
-      int64_t, int64_t, int64_t);                                                               \
+      int64_t, int64_t, int64_t, bool);                                                         \
   template fused_rnn::PersistentPlan                                                          \
   fused_rnn::plan_persistent_cluster_forward<Forward<scalar_t>>(int64_t, int64_t, int64_t);    \
   template fused_rnn::PersistentPlan fused_rnn::plan_persistent_backward<Backward<scalar_t>>(  \
-      int64_t, int64_t, int64_t);                                                               \
+      int64_t, int64_t, int64_t, bool);                                                         \
   template void fused_rnn::launch_persistent_forward(                                           \
       const fused_rnn::PersistentForwardArgs<Forward<scalar_t>>&, const fused_rnn::PersistentPlan&); \
   template void fused_rnn::launch_persistent_backward(                                          \

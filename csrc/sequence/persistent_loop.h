@@ -77,17 +77,36 @@ inline bool persistent_allowed_now(Algo algo) {
   return false;
 }
 
-// FUSED_RNN_PERSISTENT_CLUSTER=1 asks for the experimental one-cluster forward kernel
-// (fused_rnn/persistent.h) wherever it fits; otherwise, and by default, the grid kernel runs.
-// =require raises where the cluster plan declines, so that a check of the cluster kernel (the
-// smoke test, the sanitizers) cannot pass on the grid kernel unnoticed.
-enum class ClusterRequest { kNo, kWhereItFits, kRequired };
-inline ClusterRequest persistent_cluster_requested() {
-  const char* value = std::getenv("FUSED_RNN_PERSISTENT_CLUSTER");
-  if (value == nullptr) return ClusterRequest::kNo;
-  if (std::strcmp(value, "1") == 0) return ClusterRequest::kWhereItFits;
-  if (std::strcmp(value, "require") == 0) return ClusterRequest::kRequired;
-  return ClusterRequest::kNo;
+// Experimental kernels, asked for by an environment variable: "1" runs them wherever they fit
+// (otherwise, and by default, the grid kernel with FFMA runs); "require" raises where they do
+// not, so that a check of an experimental kernel (the smoke test, the sanitizers) cannot pass on
+// the default kernel unnoticed. Read on every call: tests switch them with monkeypatch.
+//   FUSED_RNN_PERSISTENT_CLUSTER  the one-cluster forward (fused_rnn/persistent.h)
+//   FUSED_RNN_PERSISTENT_MMA      tensor cores for float16/bfloat16 (cuda/persistent_products.cuh)
+enum class Experiment { kNo, kWhereItFits, kRequired };
+inline Experiment experiment_requested(const char* variable) {
+  const char* value = std::getenv(variable);
+  if (value == nullptr) return Experiment::kNo;
+  if (std::strcmp(value, "1") == 0) return Experiment::kWhereItFits;
+  if (std::strcmp(value, "require") == 0) return Experiment::kRequired;
+  return Experiment::kNo;
+}
+
+// The grid kernel's plan from plan_for(tensor_cores): on tensor cores where
+// FUSED_RNN_PERSISTENT_MMA asks for them and the sequence is float16/bfloat16, else with FFMA.
+template <typename scalar_t, class PlanFor>
+PersistentPlan plan_grid(const PlanFor& plan_for, int64_t B, int64_t H) {
+  constexpr bool kHalfType =
+      std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>;
+  const Experiment mma = experiment_requested("FUSED_RNN_PERSISTENT_MMA");
+  if (kHalfType && mma != Experiment::kNo) {
+    const PersistentPlan plan = plan_for(true);
+    if (plan.blocks > 0) return plan;
+    TORCH_CHECK(mma != Experiment::kRequired,
+                message("fused_rnn: FUSED_RNN_PERSISTENT_MMA=require, but the tensor-core kernel "
+                        "does not run B=", B, ", H=", H, " on this GPU"));
+  }
+  return plan_for(false);
 }
 
 // Whether `plan` can run; raises for algo='persistent' when not.
@@ -121,12 +140,16 @@ bool persistent_forward(Algo algo, int64_t T, bool reverse, int64_t gates, const
   if (B == 0 || T == 0) return true;  // nothing to compute (the kernels read steps[0])
   if (!persistent_allowed_now(algo)) return false;
   PersistentPlan plan;
-  const ClusterRequest cluster = persistent_cluster_requested();
-  if (cluster != ClusterRequest::kNo) plan = plan_persistent_cluster_forward<Step>(B, H, gates);
-  TORCH_CHECK(plan.blocks > 0 || cluster != ClusterRequest::kRequired,
+  const Experiment cluster = experiment_requested("FUSED_RNN_PERSISTENT_CLUSTER");
+  if (cluster != Experiment::kNo) plan = plan_persistent_cluster_forward<Step>(B, H, gates);
+  TORCH_CHECK(plan.blocks > 0 || cluster != Experiment::kRequired,
               message("fused_rnn: FUSED_RNN_PERSISTENT_CLUSTER=require, but the cluster forward "
                       "does not run B=", B, ", H=", H, ", gates=", gates, " on this GPU"));
-  if (plan.blocks == 0) plan = plan_persistent_forward<Step>(B, H, gates);
+  if (plan.blocks == 0) {
+    plan = plan_grid<scalar_t>(
+        [&](bool tensor_cores) { return plan_persistent_forward<Step>(B, H, gates, tensor_cores); },
+        B, H);
+  }
   if (!plan_fits(algo, plan)) return false;
   const Tensor other = at::empty_like(h);  // [B, H] the state of every other step
   scalar_t* state[2] = {h.data_ptr<scalar_t>(), other.data_ptr<scalar_t>()};
@@ -165,7 +188,9 @@ bool persistent_backward(Algo algo, int64_t T, bool reverse, int64_t gates, cons
   const int64_t B = dh.size(0), H = dh.size(1);
   if (B == 0 || T == 0) return true;
   if (!persistent_allowed_now(algo)) return false;
-  const PersistentPlan plan = plan_persistent_backward<Step>(B, H, gates);
+  const PersistentPlan plan = plan_grid<scalar_t>(
+      [&](bool tensor_cores) { return plan_persistent_backward<Step>(B, H, gates, tensor_cores); },
+      B, H);
   if (!plan_fits(algo, plan)) return false;
   std::vector<Step> steps;
   steps.reserve(T);

@@ -16,6 +16,9 @@
 //
 // FP32 is multiplied with exact FFMA (no TF32), half types in float; products accumulate in the
 // compute type and hh is rounded to the storage type, as the stepwise path's cuBLAS GEMM does.
+// EXPERIMENTAL, not yet run on a GPU: half types on tensor cores (mma.sync, W and h kept in the
+// storage type, float sums), only where FUSED_RNN_PERSISTENT_MMA asks for them
+// (csrc/cuda/persistent_products.cuh).
 //
 // This header is shared by the host code (sequence/recurrent_loop.h) and the kernels
 // (csrc/cuda/persistent.cuh).
@@ -49,6 +52,7 @@ struct PersistentPlan {
   int64_t batch_chunk = 0;   // rows of h (backward: d_pre) staged in shared memory at a time
   int64_t shared_bytes = 0;  // dynamic shared memory per block
   bool cluster = false;      // forward only: the blocks form one thread-block cluster (below)
+  bool tensor_cores = false; // fp16/bf16: the products run on tensor cores (experimental)
 };
 
 // EXPERIMENTAL, not yet run on a GPU: the forward as ONE thread-block cluster of up to
@@ -84,13 +88,15 @@ struct PersistentBackwardArgs {
 
 #ifdef FUSED_RNN_WITH_CUDA
 // Implemented in csrc/cuda/persistent.cuh, instantiated per step type in the cells' *.cu files.
-// Both run on the current device and stream.
+// All run on the current device and stream. tensor_cores: plan the kernel that multiplies on
+// tensor cores (blocks == 0 where it cannot run: a dtype other than fp16/bf16, a GPU before
+// sm_80, a slice that does not fit); otherwise the FFMA kernel.
 template <class Step>
-PersistentPlan plan_persistent_forward(int64_t B, int64_t H, int64_t gates);
+PersistentPlan plan_persistent_forward(int64_t B, int64_t H, int64_t gates, bool tensor_cores);
 template <class Step>
 PersistentPlan plan_persistent_cluster_forward(int64_t B, int64_t H, int64_t gates);
 template <class Step>
-PersistentPlan plan_persistent_backward(int64_t B, int64_t H, int64_t gates);
+PersistentPlan plan_persistent_backward(int64_t B, int64_t H, int64_t gates, bool tensor_cores);
 template <class Step>
 void launch_persistent_forward(const PersistentForwardArgs<Step>& args, const PersistentPlan& plan);
 template <class Step>
