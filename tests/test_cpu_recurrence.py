@@ -38,13 +38,21 @@ def test_matches_reference(cell, shape, threads):
     assert_matches_reference(case, torch.float32)
 
 
+# The workers split a sequence by rows (each owns whole batch entries) where W_hh is small and
+# there are at least 4 rows for every worker that a split by panels (hidden units) would keep
+# busy (csrc/cpu/recurrence.h, recurrence_split); else by panels. With 2 or 3 threads and
+# H = 64 the forward splits 7 rows by panels and 13 by rows (the backward's 64-unit panels make
+# one panel here: one worker for 7 rows, rows for 13).
 @with_threads
+@pytest.mark.parametrize("lengths", [[6, 0, 3, 1, 6, 5, 2], [6, 0, 3, 1, 6, 5, 2, 6, 4, 0, 1, 6, 3]],
+                         ids=["panel_split", "row_split"])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("cell", CELLS)
-def test_lengths_and_reverse(cell, reverse, threads):
+def test_lengths_and_reverse(cell, reverse, lengths, threads):
     torch.manual_seed(4)
-    lengths = torch.tensor([6, 0, 3, 1, 6, 5, 2])
-    case = make_case(cell, 6, 7, 5, 64, dtype=torch.float32, lengths=lengths, reverse=reverse)
+    lengths = torch.tensor(lengths)
+    case = make_case(cell, 6, len(lengths), 5, 64, dtype=torch.float32, lengths=lengths,
+                     reverse=reverse)
     case.algo = "persistent"
     assert_matches_reference(case, torch.float32)
 
@@ -85,11 +93,12 @@ def test_auto_packs_only_long_enough_sequences(cell):
         assert not torch.equal(results["auto"], results["persistent"]), (steps, batch)
 
 
+@pytest.mark.parametrize("batch", [3, 10], ids=["panel_split", "row_split"])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_threads_agree(cell):
-    """The panels a thread owns change with the thread count; the numbers must not."""
+def test_threads_agree(cell, batch):
+    """The panels or rows a thread owns change with the thread count; the numbers must not."""
     torch.manual_seed(5)
-    case = make_case(cell, 7, 10, 6, 96, dtype=torch.float32)
+    case = make_case(cell, 7, batch, 6, 96, dtype=torch.float32)
     case.algo = "persistent"
     before = torch.get_num_threads()
     try:
@@ -100,7 +109,8 @@ def test_threads_agree(cell):
             results.append([o.detach() for o in outs])
     finally:
         torch.set_num_threads(before)
-    # The packed recurrence gives each panel the same arithmetic whichever thread owns it; the
+    # The packed recurrence gives each panel and row the same arithmetic whichever thread owns
+    # it (a row's sums run over k in the same order in any register tile); the
     # fallback's library GEMM may split sums differently with the thread count.
     exact = fused_rnn.build_info()["cpu_simd"] == "avx512"
     for a, b in zip(*results):

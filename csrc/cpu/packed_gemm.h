@@ -35,6 +35,8 @@ class PackedMatrix {
   int64_t K() const { return K_; }
   int64_t panels() const { return static_cast<int64_t>(panel_offset_.size()); }
   int64_t chunks(int64_t panel) const { return panel_chunks_[panel]; }
+  // The packed floats' size.
+  int64_t bytes() const { return storage_.nbytes(); }
   Panel panel(int64_t p) const;
   // The first output column of chunk v of a panel.
   int64_t chunk_col(int64_t panel, int64_t v) const { return chunk_cols_[panel * per_panel_ + v]; }

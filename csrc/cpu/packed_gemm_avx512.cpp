@@ -56,12 +56,17 @@ template <int NV>
 void panel_rows(Tile t, int64_t rows) {
   float* const* c_chunk = t.c_chunk;
   const float* a = t.a;
-  for (int64_t r0 = 0; r0 < rows; r0 += kTileRows) {
+  for (int64_t r0 = 0, tile_rows = 0; r0 < rows; r0 += tile_rows) {
+    // The fewest tiles, of balanced heights: 8 rows go as 4 + 4, not 6 + 2 (a 2-row tile
+    // loads 6 vectors for 8 FMAs). Measured on the 2-core AMD EPYC, LSTM T = 1000, B = 8,
+    // H = 128, one thread: 10.9 ms against 11.3 with 6 + 2.
+    const int64_t tiles = (rows - r0 + kTileRows - 1) / kTileRows;
+    tile_rows = (rows - r0 + tiles - 1) / tiles;
     float* c_rows[NV];
     for (int v = 0; v < NV; ++v) c_rows[v] = c_chunk[v] + r0 * t.ldc;
     t.c_chunk = c_rows;
     t.a = a + r0 * t.lda_r;
-    switch (rows - r0 < kTileRows ? rows - r0 : kTileRows) {
+    switch (tile_rows) {
       case 1: tile<1, NV>(t); break;
       case 2: tile<2, NV>(t); break;
       case 3: tile<3, NV>(t); break;

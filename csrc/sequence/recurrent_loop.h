@@ -71,17 +71,18 @@ void forward_loop(int64_t T, bool reverse, int64_t gates, const Tensor& h, const
       // thread) 6.25 ms with it against 6.6 without; mid (256 KiB) 33.6 with it against 31.9
       // without: there the hardware prefetcher keeps up, and the burst of prefetches evicts
       // the GEMM's data.
-      const bool prefetch_x_proj = B * gates * H * int64_t{sizeof(float)} /
-                                       cpu::recurrence_workers(packed.panels()) <= 32 * 1024;
-      cpu::run_recurrence(T, packed.panels(), [&](int64_t s, int64_t p0, int64_t p1) {
+      const cpu::RecurrenceSplit split = cpu::recurrence_split(B, packed.panels(), packed.bytes());
+      const bool prefetch_x_proj = B * gates * H * int64_t{sizeof(float)} / split.workers <= 32 * 1024;
+      cpu::run_recurrence(T, B, packed.panels(), split, [&](int64_t s, const cpu::Share& share) {
         const float* h_prev = state[s % 2];
         float* h_next = state[(s + 1) % 2];
-        const int64_t j0 = p0 * units, j1 = std::min(p1 * units, H);
+        const int64_t j0 = share.p0 * units, j1 = std::min(share.p1 * units, H);
+        const int64_t b0 = share.b0, b1 = share.b1;
         if (s + 1 < T && prefetch_x_proj) {
-          // The next step's x_proj [B, gates*H] columns of these units, into cache while the
+          // The next step's x_proj [B, gates*H] entries of this share, into cache while the
           // GEMM runs: the step would otherwise wait on memory for them.
           const float* x_next = step_at(time_at(s + 1, T, reverse)).x_proj;
-          for (int64_t b = 0; b < B; ++b) {
+          for (int64_t b = b0; b < b1; ++b) {
             for (int64_t g = 0; g < gates; ++g) {
               for (int64_t j = j0; j < j1; j += 16) {
                 __builtin_prefetch(x_next + (b * gates + g) * H + j);
@@ -89,14 +90,15 @@ void forward_loop(int64_t T, bool reverse, int64_t gates, const Tensor& h, const
             }
           }
         }
-        cpu::packed_gemm(h_prev, P, 1, B, packed, p0, p1, hh_data, gates * H, false);
+        cpu::packed_gemm(h_prev + b0 * P, P, 1, b1 - b0, packed, share.p0, share.p1,
+                         hh_data + b0 * gates * H, gates * H, false);
         // The step updates its units in place: masked rows keep them, and GRU reads them.
-        for (int64_t b = 0; b < B; ++b) {
+        for (int64_t b = b0; b < b1; ++b) {
           std::copy(h_prev + b * P + j0, h_prev + b * P + j1, h_next + b * P + j0);
         }
         Step step = step_at(time_at(s, T, reverse));
         step.h = h_next;
-        run_cpu_block(step, 0, B, j0, j1);
+        run_cpu_block(step, b0, b1, j0, j1);
       });
       if (T % 2 == 1) h.copy_(scratch);
       return;
@@ -136,14 +138,18 @@ void backward_loop(int64_t T, bool reverse, int64_t gates, const Tensor& dh, con
       // thread runs, so the GEMM of step i (which reads all of d_pre[t]) and the pointwise step
       // i + 1 of another thread (its own columns of dh and of d_pre[t']) touch nothing in common:
       // one barrier, between a step's pointwise pass and its GEMM, suffices.
+      // A row split needs no barrier at all: every row is its own sequence.
+      const cpu::RecurrenceSplit split = cpu::recurrence_split(B, packed.panels(), packed.bytes());
       cpu::run_recurrence(
-          T, packed.panels(),
-          [&](int64_t i, int64_t p0, int64_t p1) {
-            run_cpu_block(step_at(t_of(i)), 0, B, p0 * units, std::min(p1 * units, H));
+          T, B, packed.panels(), split,
+          [&](int64_t i, const cpu::Share& share) {
+            run_cpu_block(step_at(t_of(i)), share.b0, share.b1, share.p0 * units,
+                          std::min(share.p1 * units, H));
           },
-          [&](int64_t i, int64_t p0, int64_t p1) {
-            const float* d_pre_t = d_pre_data + t_of(i) * B * gates * H;
-            cpu::packed_gemm(d_pre_t, gates * H, 1, B, packed, p0, p1, dh_data, P, true);
+          [&](int64_t i, const cpu::Share& share) {
+            const float* d_pre_t = d_pre_data + (t_of(i) * B + share.b0) * gates * H;
+            cpu::packed_gemm(d_pre_t, gates * H, 1, share.b1 - share.b0, packed, share.p0,
+                             share.p1, dh_data + share.b0 * P, P, true);
           });
       return;
     }
