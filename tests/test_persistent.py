@@ -100,6 +100,49 @@ def test_cuda_block_and_chunk_splits_match_stepwise(cell, hidden, batch):
     _assert_agree(persistent, stepwise, 1e-4, "persistent vs stepwise")
 
 
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("batch, hidden", [(5, 32), (6, 301), (40, 1024)],
+                         ids=["one_unit_a_block", "partial_last_block", "batch_chunks"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_cuda_reset_before_gru(reverse, batch, hidden, dtype):
+    """The reset_before GRU's kernels (two products, two grid barriers a step;
+    csrc/cuda/persistent_reset_before.cuh) ran, and agree with the float64 oracle and the
+    stepwise loop: float32 and float64 to their precision, bfloat16 within twice the stepwise
+    loop's error."""
+    torch.manual_seed(9)
+    case = make_case("gru_reset_before", 5, batch, 8, hidden, dtype=dtype, device="cuda",
+                     lengths=torch.randint(0, 6, (batch,)), reverse=reverse)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        persistent = outputs_and_grads(_with_algo(case, "persistent"), "fused")
+        torch.cuda.synchronize()
+    kernels = [event.name for event in prof.events()]
+    assert any("reset_before_forward_kernel" in k for k in kernels), kernels
+    assert any("reset_before_backward_kernel" in k for k in kernels), kernels
+    stepwise = outputs_and_grads(_with_algo(case, "stepwise"), "fused")
+    oracle = outputs_and_grads(case.converted(torch.float64, "cpu"), "reference")
+    if dtype == torch.bfloat16:
+        for kind in (0, 1):
+            for ours, theirs, exact in zip(persistent[kind], stepwise[kind], oracle[kind]):
+                assert _relative_error(ours, exact) <= 2 * _relative_error(theirs, exact) + 1.5e-2
+        return
+    tolerance = 1e-10 if dtype == torch.float64 else 2e-5
+    _assert_agree(persistent, oracle, tolerance, "reset_before persistent vs float64 oracle")
+    _assert_agree(persistent, stepwise, tolerance, "reset_before persistent vs stepwise")
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_auto_keeps_the_reset_before_gru_stepwise():
+    """Until its kernels have been measured, auto runs the reset_before GRU's stepwise loop."""
+    case = make_case("gru_reset_before", 4, 8, 8, 128, dtype=torch.float32, device="cuda")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        outputs_and_grads(case, "fused")
+        torch.cuda.synchronize()
+    assert not any("persistent" in event.name for event in prof.events())
+
+
 needs_sm90 = pytest.mark.skipif(
     not torch.cuda.is_available() or torch.cuda.get_device_capability(0)[0] < 9,
     reason="thread-block clusters need sm_90")

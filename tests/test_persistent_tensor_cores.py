@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(
     not torch.cuda.is_available() or torch.cuda.get_device_capability(0)[0] < 8,
     reason="tensor-core mma needs an sm_80+ GPU")]
 
-CELLS = ["rnn_tanh", "rnn_relu", "lstm", "peephole_lstm", "gru"]
+CELLS = ["rnn_tanh", "rnn_relu", "lstm", "peephole_lstm", "gru", "gru_reset_before"]
 
 
 def _relative_error(result, expected):

@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, "tests")
 from cases import make_case, outputs_and_grads  # noqa: E402
 
-CELLS = ["rnn_tanh", "lstm", "peephole_lstm", "gru"]
+CELLS = ["rnn_tanh", "lstm", "peephole_lstm", "gru", "gru_reset_before"]
 # (T, B, I, H): one block of 1 unit, several blocks with a partial last one, batch chunks.
 # Cluster: 16 blocks of 1 unit, 16 of 8, 16 with a partial last one (10 of 16 units) and a batch
 # that is not a multiple of the tile; LSTM at (17, 301) would not fit in shared memory.
@@ -47,7 +47,8 @@ def main(kernel: str) -> int:
     torch.manual_seed(0)
     failures = 0
     for shape in SHAPES[kernel]:
-        for cell in CELLS:
+        # The reset_before GRU has no cluster kernel: it would run the grid kernel there.
+        for cell in [c for c in CELLS if not (kernel == "cluster" and c == "gru_reset_before")]:
             print(f"running {kernel} {cell} T,B,I,H={shape} ...", end=" ", flush=True)
             case = make_case(cell, *shape, dtype=dtype, device="cuda",
                              lengths=torch.randint(0, shape[0] + 1, (shape[1],)))

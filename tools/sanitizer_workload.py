@@ -11,8 +11,8 @@ import torch
 sys.path.insert(0, "tests")
 from cases import CELLS, make_case, outputs_and_grads  # noqa: E402
 
-# The cells the persistent kernels run (not the projection, not reset_before).
-PERSISTENT_CELLS = {"rnn_tanh", "rnn_relu", "lstm", "peephole_lstm", "gru"}
+# The cells the persistent kernels run (not the projection).
+PERSISTENT_CELLS = {"rnn_tanh", "rnn_relu", "lstm", "peephole_lstm", "gru", "gru_reset_before"}
 
 
 def main(argv) -> int:

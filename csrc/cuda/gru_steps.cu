@@ -1,5 +1,5 @@
-// CUDA instantiations of the GRU pointwise steps (both variants) and of the persistent kernels
-// (reset_after only: reset_before needs a second GEMM between its two pointwise steps).
+// CUDA instantiations of the GRU pointwise steps (both variants) and of the reset_after GRU's
+// persistent kernels (reset_before's: gru_reset_before_persistent.cu).
 #include "fused_rnn/cell_steps.h"
 #include "launch_cuda.cuh"
 #include "persistent.cuh"

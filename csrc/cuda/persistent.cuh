@@ -100,25 +100,55 @@ __device__ void stage_rows(acc_t* dst, int stride, const scalar_t* src, int cols
   }
 }
 
-// out(b, r, Σ_k w_s[r][k] · src[b][k]) for every batch row b < B of src [B, K] (global, row
-// stride K) and every row r < rows_pad of w_s: src is staged into x_s (room for `chunk` rows of
-// stride `stride`) a chunk of rows at a time. Every thread of the block must call this; when it
-// returns, every out() call of the block has been made.
-template <class Product, typename smem_t, typename scalar_t, class Out>
-__device__ void multiply_staged(const smem_t* w_s, int rows_pad, smem_t* x_s, int chunk,
-                                int stride, float* scratch, const scalar_t* src, int B, int K,
-                                const Out& out) {
+// Copies columns [c0, c1) of `rows` rows of a [rows][ld] array in global memory (written by
+// other blocks) into the same columns of shared memory (row stride `stride`) as smem_t; the
+// other columns [0, cols) of those rows, and rows [rows, rows_pad), are zero. Scalar loads, a
+// few in flight per thread: for the reset_before GRU's backward, which multiplies a window of
+// d x_proj's columns by W.
+template <typename smem_t, typename scalar_t>
+__device__ void stage_window(smem_t* dst, int stride, const scalar_t* src, int64_t ld, int cols,
+                             int c0, int c1, int rows, int rows_pad) {
+#pragma unroll 4
+  for (int i = threadIdx.x; i < rows_pad * cols; i += blockDim.x) {
+    const int r = i / cols, k = i - r * cols;
+    dst[r * stride + k] = r < rows && k >= c0 && k < c1 ? static_cast<smem_t>(load_cg(src + r * ld + k))
+                                                        : smem_t(0);
+  }
+}
+
+// out(b, r, Σ_k w_s[r][k] · x[b][k]) for every batch row b < B and every row r < rows_pad of
+// w_s, where stage(b0, rows, rows_padded) puts rows [b0, b0 + rows) of x into x_s (room for
+// `chunk` rows of stride `stride`) and zeroes its rows [rows, rows_padded): a chunk of rows at a
+// time. Every thread of the block must call this; when it returns, every out() call of the
+// block has been made.
+template <class Product, typename smem_t, class Stage, class Out>
+__device__ void multiply_staged_by(const smem_t* w_s, int rows_pad, int chunk, const smem_t* x_s,
+                                   int stride, float* scratch, int B, int K, const Stage& stage,
+                                   const Out& out) {
   for (int b0 = 0; b0 < B; b0 += chunk) {
     const int rows = min_int(chunk, B - b0);
     const int rows_padded = static_cast<int>(round_up(rows, Product::kBatchTile));
     __syncthreads();  // the previous chunk's products are done with x_s (and w_s is loaded)
-    stage_rows(x_s, stride, src + static_cast<int64_t>(b0) * K, K, rows, rows_padded);
+    stage(b0, rows, rows_padded);
     __syncthreads();
     Product::dots(w_s, rows_pad, x_s, rows_padded, K, stride, scratch, [&](int r, int b, auto value) {
       if (b < rows) out(b0 + b, r, value);
     });
   }
   __syncthreads();
+}
+
+// multiply_staged_by with x = src [B, K] (global, row stride K).
+template <class Product, typename smem_t, typename scalar_t, class Out>
+__device__ void multiply_staged(const smem_t* w_s, int rows_pad, smem_t* x_s, int chunk,
+                                int stride, float* scratch, const scalar_t* src, int B, int K,
+                                const Out& out) {
+  multiply_staged_by<Product>(w_s, rows_pad, chunk, x_s, stride, scratch, B, K,
+                              [&](int b0, int rows, int rows_padded) {
+                                stage_rows(x_s, stride, src + static_cast<int64_t>(b0) * K, K,
+                                           rows, rows_padded);
+                              },
+                              out);
 }
 
 // Asks L1 for the bytes [p, p + bytes), ahead of their use: a hint that neither faults nor waits.
@@ -149,6 +179,19 @@ __device__ void load_own_rows(smem_t* w_s, int stride, int rows_pad, int columns
     const int r = i / columns, k = i % columns, g = r / U, u = r % U;
     w_s[r * stride + k] = g < G && u < own.units && k < H
                               ? static_cast<smem_t>(w_hh[static_cast<int64_t>(g * H + own.u0 + u) * H + k])
+                              : smem_t(0);
+  }
+}
+
+// The backward's W slice: w_s row n = W_hh [K, H] column u0 + n, as smem_t, row stride
+// `stride`, `columns` columns; rows of units past `own.units` and columns [K, columns) are zero.
+template <typename smem_t, typename scalar_t>
+__device__ void load_own_columns(smem_t* w_s, int stride, int rows_pad, int columns,
+                                 const scalar_t* w_hh, int H, int K, const BlockUnits& own) {
+  for (int i = threadIdx.x; i < rows_pad * columns; i += blockDim.x) {
+    const int k = i / rows_pad, n = i % rows_pad;  // n fastest: neighbouring threads read neighbours
+    w_s[n * stride + k] = n < own.units && k < K
+                              ? static_cast<smem_t>(w_hh[static_cast<int64_t>(k) * H + own.u0 + n])
                               : smem_t(0);
   }
 }
@@ -329,12 +372,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   smem_t* d_s = w_s + rows_pad * stride;                // [chunk][stride] rows of d_pre_t
   float* scratch = reinterpret_cast<float*>(d_s + chunk * stride);  // Product::kScratchBytes
 
-  for (int i = threadIdx.x; i < rows_pad * columns; i += blockDim.x) {
-    const int k = i / rows_pad, n = i % rows_pad;  // n fastest: neighbouring threads read neighbours
-    w_s[n * stride + k] = n < own.units && k < K
-                              ? static_cast<smem_t>(a.w_hh[static_cast<int64_t>(k) * H + own.u0 + n])
-                              : smem_t(0);
-  }
+  load_own_columns(w_s, stride, rows_pad, columns, a.w_hh, H, K, own);
   zero_shared(d_s, chunk * stride);
   for (int64_t i = 0; i < a.T; ++i) {
     const Step step = a.steps[i];
@@ -469,17 +507,27 @@ void launch(Kernel kernel, const Args& args, const PersistentPlan& plan) {
       at::cuda::getCurrentCUDAStream()));
 }
 
+// The plan of the kernel that kernel_of(Product{}) returns (as const void*), for the product
+// `tensor_cores` names (blocks == 0 where they are asked for and scalar_t has none), keeping
+// `rows_per_unit` rows of length K per hidden unit (make_plan).
+template <typename scalar_t, class KernelOf>
+PersistentPlan plan_for_product(bool tensor_cores, const KernelOf& kernel_of, int64_t B, int64_t H,
+                                int64_t rows_per_unit, int64_t K) {
+  if (tensor_cores && !kHasTensorCoreProduct<scalar_t>) return {};
+  return with_product<scalar_t>(tensor_cores, [&](auto product) {
+    return make_plan<decltype(product)>(kernel_of(product), B, H, rows_per_unit, K);
+  });
+}
+
 }  // namespace persistent
 
 template <class Step>
 PersistentPlan plan_persistent_forward(int64_t B, int64_t H, int64_t gates, bool tensor_cores) {
-  using scalar_t = typename Step::scalar_type;
-  if (tensor_cores && !persistent::kHasTensorCoreProduct<scalar_t>) return {};
-  return persistent::with_product<scalar_t>(tensor_cores, [&](auto product) {
-    using Product = decltype(product);
-    const void* kernel = reinterpret_cast<const void*>(&persistent::forward_kernel<Step, Product>);
-    return persistent::make_plan<Product>(kernel, B, H, gates, H);
-  });
+  auto kernel_of = [](auto product) {
+    return reinterpret_cast<const void*>(&persistent::forward_kernel<Step, decltype(product)>);
+  };
+  return persistent::plan_for_product<typename Step::scalar_type>(tensor_cores, kernel_of, B, H,
+                                                                  gates, H);
 }
 
 template <class Step>
@@ -491,13 +539,11 @@ PersistentPlan plan_persistent_cluster_forward(int64_t B, int64_t H, int64_t gat
 
 template <class Step>
 PersistentPlan plan_persistent_backward(int64_t B, int64_t H, int64_t gates, bool tensor_cores) {
-  using scalar_t = typename Step::scalar_type;
-  if (tensor_cores && !persistent::kHasTensorCoreProduct<scalar_t>) return {};
-  return persistent::with_product<scalar_t>(tensor_cores, [&](auto product) {
-    using Product = decltype(product);
-    const void* kernel = reinterpret_cast<const void*>(&persistent::backward_kernel<Step, Product>);
-    return persistent::make_plan<Product>(kernel, B, H, 1, gates * H);
-  });
+  auto kernel_of = [](auto product) {
+    return reinterpret_cast<const void*>(&persistent::backward_kernel<Step, decltype(product)>);
+  };
+  return persistent::plan_for_product<typename Step::scalar_type>(tensor_cores, kernel_of, B, H,
+                                                                  1, gates * H);
 }
 
 template <class Step>

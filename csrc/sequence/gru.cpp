@@ -1,5 +1,6 @@
 // GRU time loops. reset_after (torch/cuDNN): per step one GEMM and one fused step.
-// reset_before (TF GRUCell): n needs W_hn (r h), so per step two GEMMs and two fused steps.
+// reset_before (TF GRUCell): n needs W_hn (r h), so per step two GEMMs and two fused steps (or,
+// with algo="persistent" on CUDA, one kernel with two grid barriers a step).
 #include <ATen/Dispatch.h>
 #include <c10/core/DeviceGuard.h>
 
@@ -60,7 +61,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& x_proj_in, 
       });
       return;
     }
-    require_not_persistent(algo, "the reset_before GRU");
+    [[maybe_unused]] const bool persistent = use_persistent_reset_before(algo, h, H, dropout);
     const Tensor w_rz = w.narrow(0, 0, 2 * H);  // [2H, H]
     const Tensor w_n = w.narrow(0, 2 * H, H);   // [H, H]
     Tensor hh_rz = at::empty({B, 2 * H}, opts);  // [B, 2H] W_h{r,z} h
@@ -78,14 +79,30 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& x_proj_in, 
     state_step.hh_n = hh_n.data_ptr<scalar_t>();
     state_step.b_hh = b_hh_data;
     state_step.h = h.data_ptr<scalar_t>();
+    auto set_time = [&](auto& step, int64_t t) {
+      step.mask = {lengths_ptr(lengths), t};
+      step.x_proj = x_at(t);
+      step.gates = gates_at(t);
+    };
+#ifdef FUSED_RNN_WITH_CUDA
+    if (persistent && persistent_reset_before_forward(
+                          algo, T, reverse, h, w, hh_rz, rh, hh_n, [&](int64_t t) {
+                            ResetBeforeForwardPair<scalar_t> pair{gates_step, state_step};
+                            set_time(pair.first, t);
+                            set_time(pair.second, t);
+                            pair.second.y = y.data_ptr<scalar_t>() + t * B * H;
+                            return pair;
+                          })) {
+      return;
+    }
+#endif
     const StepGemm rz_product(w_rz, /*transposed=*/true, T * B);
     const StepGemm n_product(w_n, /*transposed=*/true, T * B);
     for (int64_t s = 0; s < T; ++s) {
       const int64_t t = time_at(s, T, reverse);
       rz_product(hh_rz, dropout.gemm_input(h), /*accumulate=*/false);
-      gates_step.mask = state_step.mask = {lengths_ptr(lengths), t};
-      gates_step.x_proj = state_step.x_proj = x_at(t);
-      gates_step.gates = state_step.gates = gates_at(t);
+      set_time(gates_step, t);
+      set_time(state_step, t);
       launch_step(gates_step, B, H, device);
       n_product(hh_n, rh, /*accumulate=*/false);
       state_step.y = y.data_ptr<scalar_t>() + t * B * H;
@@ -156,7 +173,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
       grad_b_hh = column_sums(d_hh);
       return;
     }
-    require_not_persistent(algo, "the reset_before GRU");
+    [[maybe_unused]] const bool persistent = use_persistent_reset_before(algo, dh, H, dropout);
     const Tensor w_rz = w.narrow(0, 0, 2 * H);  // [2H, H]
     const Tensor w_n = w.narrow(0, 2 * H, H);   // [H, H]
     Tensor d_rh = at::empty({B, H}, opts);         // [B, H] d (r h)
@@ -171,17 +188,40 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
     r_step.H = H;
     r_step.d_rh = d_rh.data_ptr<scalar_t>();
     r_step.dh = d_hd.data_ptr<scalar_t>();
-    // d (r h) = d_n · W_hn and dh += d_{r,z} · W_h{r,z}: products with the weights themselves.
-    const StepGemm rz_product(w_rz, /*transposed=*/false, T * B);
-    const StepGemm n_product(w_n, /*transposed=*/false, T * B);
-    for (int64_t s = T - 1; s >= 0; --s) {
-      const int64_t t = time_at(s, T, reverse);
+    auto set_time = [&](int64_t t) {
       zn_step.mask = r_step.mask = {lengths_ptr(lengths), t};
       zn_step.grad_y = grad_y.at<scalar_t>(t);
       zn_step.gates = r_step.gates = at_t(gates, t, 3 * H);
       zn_step.h_prev = at_t(h_prev, t, H);
       r_step.h_prev = at_t(hd_prev, t, H);
       zn_step.d_x = r_step.d_x = at_t(d_x, t, 3 * H);
+    };
+    // The weight gradients after the loop: W_h{r,z} saw h_{t-1} (⊙ mask); W_hn saw r h_{t-1}
+    // (⊙ mask).
+    auto weight_gradients = [&] {
+      const Tensor rh_all = gates.narrow(2, 0, H) * hd_prev;  // [T, B, H]
+      grad_w_hh = at::cat({weight_gradient(d_x.narrow(2, 0, 2 * H).reshape({T * B, 2 * H}), hd_prev.view({T * B, H})),
+                           weight_gradient(d_x.narrow(2, 2 * H, H).reshape({T * B, H}), rh_all.view({T * B, H}))},
+                          0);
+      grad_b_hh = column_sums(d_x);
+    };
+#ifdef FUSED_RNN_WITH_CUDA
+    if (persistent && persistent_reset_before_backward(algo, T, reverse, dh, d_x, w, d_rh,
+                                                       [&](int64_t t) {
+                                                         set_time(t);
+                                                         return ResetBeforeBackwardPair<scalar_t>{
+                                                             zn_step, r_step};
+                                                       })) {
+      weight_gradients();
+      return;
+    }
+#endif
+    // d (r h) = d_n · W_hn and dh += d_{r,z} · W_h{r,z}: products with the weights themselves.
+    const StepGemm rz_product(w_rz, /*transposed=*/false, T * B);
+    const StepGemm n_product(w_n, /*transposed=*/false, T * B);
+    for (int64_t s = T - 1; s >= 0; --s) {
+      const int64_t t = time_at(s, T, reverse);
+      set_time(t);
       launch_step(zn_step, B, H, device);
       const Tensor d_x_t = d_x.select(0, t);  // [B, 3H]
       n_product(d_rh, d_x_t.narrow(1, 2 * H, H), /*accumulate=*/false);
@@ -190,12 +230,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
       rz_product(d_hd, d_x_t.narrow(1, 0, 2 * H), /*accumulate=*/true);
       dropout.add_masked(dh, d_hd);
     }
-    // W_h{r,z} saw h_{t-1} (⊙ mask); W_hn saw r h_{t-1} (⊙ mask).
-    const Tensor rh_all = gates.narrow(2, 0, H) * hd_prev;  // [T, B, H]
-    grad_w_hh = at::cat({weight_gradient(d_x.narrow(2, 0, 2 * H).reshape({T * B, 2 * H}), hd_prev.view({T * B, H})),
-                         weight_gradient(d_x.narrow(2, 2 * H, H).reshape({T * B, H}), rh_all.view({T * B, H}))},
-                        0);
-    grad_b_hh = column_sums(d_x);
+    weight_gradients();
   });
   return {d_x, dh, grad_w_hh, grad_b_hh};
 }

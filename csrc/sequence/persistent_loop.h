@@ -65,6 +65,20 @@ inline void require_not_persistent(Algo algo, const char* reason) {
                             "; use algo='auto' or 'stepwise'"));
 }
 
+// Whether the reset_before GRU runs as one persistent kernel (two products and two grid
+// barriers a step): only on CUDA, and only where algo='persistent' asks for it; `auto` keeps
+// the stepwise loop until the kernel has been measured. Raises for algo='persistent' where it
+// cannot run.
+inline bool use_persistent_reset_before(Algo algo, const Tensor& state, int64_t H,
+                                        const StateDropout& dropout) {
+  if (algo != Algo::kPersistent) return false;
+  if (!state.is_cuda()) require_not_persistent(algo, "the reset_before GRU off CUDA");
+  if (const char* reason = persistent_unavailable(state, H, dropout)) {
+    require_not_persistent(algo, reason);
+  }
+  return true;
+}
+
 #ifdef FUSED_RNN_WITH_CUDA
 // Whether the persistent kernel may run now; raises for algo='persistent' when not. Checked
 // before planning (which calls the CUDA runtime): under graph capture the steps' host-to-device
@@ -207,6 +221,72 @@ bool persistent_backward(Algo algo, int64_t T, bool reverse, int64_t gates, cons
   args.gates = gates;
   args.reverse = reverse;
   launch_persistent_backward(args, plan);
+  return true;
+}
+
+// The reset_before GRU's forward as one persistent kernel; returns as persistent_forward.
+// h [B, H] the state (h_0 in, h_T out); w [3H, H]; hh_rz [B, 2H], rh [B, H], hh_n [B, H] the
+// buffers between its phases, which the pairs from pair_at(t) already point at (and at h).
+template <class PairAt>
+bool persistent_reset_before_forward(Algo algo, int64_t T, bool reverse, const Tensor& h,
+                                     const Tensor& w, const Tensor& hh_rz, const Tensor& rh,
+                                     const Tensor& hh_n, const PairAt& pair_at) {
+  using Pair = decltype(pair_at(int64_t{0}));
+  using scalar_t = typename Pair::scalar_type;
+  const int64_t B = h.size(0), H = h.size(1);
+  if (B == 0 || T == 0) return true;
+  if (!persistent_allowed_now(algo)) return false;
+  const PersistentPlan plan = plan_grid<scalar_t>(
+      [&](bool tensor_cores) { return plan_reset_before_forward<Pair>(B, H, tensor_cores); }, B, H);
+  if (!plan_fits(algo, plan)) return false;
+  std::vector<Pair> steps;
+  steps.reserve(T);
+  for (int64_t s = 0; s < T; ++s) steps.push_back(pair_at(time_at(s, T, reverse)));
+  const Tensor steps_device = steps_on_device(steps, h.device());
+  PersistentResetBeforeForwardArgs<Pair> args;
+  args.steps = static_cast<const Pair*>(steps_device.data_ptr());
+  args.w_hh = w.data_ptr<scalar_t>();
+  args.h = h.data_ptr<scalar_t>();
+  args.hh_rz = hh_rz.data_ptr<scalar_t>();
+  args.rh = rh.data_ptr<scalar_t>();
+  args.hh_n = hh_n.data_ptr<scalar_t>();
+  args.T = T;
+  args.B = B;
+  args.H = H;
+  launch_reset_before_forward(args, plan);
+  return true;
+}
+
+// The reset_before GRU's backward as one persistent kernel; returns as persistent_forward.
+// dh [B, H]; d_x [T, B, 3H] (what the steps write and W multiplies); w [3H, H]; d_rh [B, H]
+// the buffer between the phases, which the pairs from pair_at(t) already point at (and at dh).
+template <class PairAt>
+bool persistent_reset_before_backward(Algo algo, int64_t T, bool reverse, const Tensor& dh,
+                                      const Tensor& d_x, const Tensor& w, const Tensor& d_rh,
+                                      const PairAt& pair_at) {
+  using Pair = decltype(pair_at(int64_t{0}));
+  using scalar_t = typename Pair::scalar_type;
+  const int64_t B = dh.size(0), H = dh.size(1);
+  if (B == 0 || T == 0) return true;
+  if (!persistent_allowed_now(algo)) return false;
+  const PersistentPlan plan = plan_grid<scalar_t>(
+      [&](bool tensor_cores) { return plan_reset_before_backward<Pair>(B, H, tensor_cores); }, B, H);
+  if (!plan_fits(algo, plan)) return false;
+  std::vector<Pair> steps;
+  steps.reserve(T);
+  for (int64_t i = 0; i < T; ++i) steps.push_back(pair_at(time_at(T - 1 - i, T, reverse)));
+  const Tensor steps_device = steps_on_device(steps, dh.device());
+  PersistentResetBeforeBackwardArgs<Pair> args;
+  args.steps = static_cast<const Pair*>(steps_device.data_ptr());
+  args.w_hh = w.data_ptr<scalar_t>();
+  args.d_x = d_x.data_ptr<scalar_t>();
+  args.d_rh = d_rh.data_ptr<scalar_t>();
+  args.dh = dh.data_ptr<scalar_t>();
+  args.T = T;
+  args.B = B;
+  args.H = H;
+  args.reverse = reverse;
+  launch_reset_before_backward(args, plan);
   return true;
 }
 #endif

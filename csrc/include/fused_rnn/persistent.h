@@ -26,6 +26,8 @@
 
 #include <cstdint>
 
+#include "fused_rnn/cell_steps.h"
+
 namespace fused_rnn {
 
 // Which recurrence algorithm runs a sequence: the ops' `algo` argument.
@@ -86,6 +88,48 @@ struct PersistentBackwardArgs {
   bool reverse;
 };
 
+// The reset_before GRU (TF's GRUCell) needs W_hn (r ⊙ h_{t-1}) of every unit between its two
+// products, so each of its steps is a pair of pointwise steps with a grid barrier between them
+// (csrc/cuda/persistent_reset_before.cuh):
+//   forward:  first = GruResetBeforeGatesStep (r, z, r ⊙ h), second = GruResetBeforeStateStep
+//   backward: first = GruResetBeforeBackwardZnStep, second = GruResetBeforeBackwardRStep
+template <class First, class Second>
+struct StepPair {
+  using scalar_type = typename First::scalar_type;
+  First first;
+  Second second;
+};
+template <typename scalar_t>
+using ResetBeforeForwardPair =
+    StepPair<GruResetBeforeGatesStep<scalar_t>, GruResetBeforeStateStep<scalar_t>>;
+template <typename scalar_t>
+using ResetBeforeBackwardPair =
+    StepPair<GruResetBeforeBackwardZnStep<scalar_t>, GruResetBeforeBackwardRStep<scalar_t>>;
+
+template <class Pair>
+struct PersistentResetBeforeForwardArgs {
+  using scalar_t = typename Pair::scalar_type;
+  const Pair* steps;     // [T] on the device, in loop order; first.h == second.h == h
+  const scalar_t* w_hh;  // [3H, H]
+  scalar_t* h;           // [B, H] the state, h_0 in, h_T out (the second steps update it)
+  scalar_t* hh_rz;       // [B, 2H] W_h{r,z} h, read by the first steps
+  const scalar_t* rh;    // [B, H]  r ⊙ h, written by the first steps
+  scalar_t* hh_n;        // [B, H]  W_hn (r ⊙ h), read by the second steps
+  int64_t T, B, H;
+};
+
+template <class Pair>
+struct PersistentResetBeforeBackwardArgs {
+  using scalar_t = typename Pair::scalar_type;
+  const Pair* steps;      // [T] on the device, in loop order (time T-1 first unless reverse)
+  const scalar_t* w_hh;   // [3H, H]
+  const scalar_t* d_x;    // [T, B, 3H] d x_proj, written by the steps (r by the second)
+  scalar_t* d_rh;         // [B, H] d (r ⊙ h) = d a_n · W_hn, read by the second steps
+  scalar_t* dh;           // [B, H] the steps' dh
+  int64_t T, B, H;
+  bool reverse;
+};
+
 #ifdef FUSED_RNN_WITH_CUDA
 // Implemented in csrc/cuda/persistent.cuh, instantiated per step type in the cells' *.cu files.
 // All run on the current device and stream. tensor_cores: plan the kernel that multiplies on
@@ -102,6 +146,18 @@ void launch_persistent_forward(const PersistentForwardArgs<Step>& args, const Pe
 template <class Step>
 void launch_persistent_backward(const PersistentBackwardArgs<Step>& args,
                                 const PersistentPlan& plan);
+// The reset_before GRU's (csrc/cuda/persistent_reset_before.cuh): the same plans as the
+// reset_after GRU's, with tensor_cores as above.
+template <class Pair>
+PersistentPlan plan_reset_before_forward(int64_t B, int64_t H, bool tensor_cores);
+template <class Pair>
+PersistentPlan plan_reset_before_backward(int64_t B, int64_t H, bool tensor_cores);
+template <class Pair>
+void launch_reset_before_forward(const PersistentResetBeforeForwardArgs<Pair>& args,
+                                 const PersistentPlan& plan);
+template <class Pair>
+void launch_reset_before_backward(const PersistentResetBeforeBackwardArgs<Pair>& args,
+                                  const PersistentPlan& plan);
 #endif
 
 }  // namespace fused_rnn
