@@ -102,9 +102,13 @@ def test_cuda_block_and_chunk_splits_match_stepwise(cell, hidden, batch):
 
 @pytest.mark.cuda
 @needs_cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-@pytest.mark.parametrize("batch, hidden", [(5, 32), (6, 301), (40, 1024)],
-                         ids=["one_unit_a_block", "partial_last_block", "batch_chunks"])
+@pytest.mark.parametrize("batch, hidden, dtype", [
+    (5, 32, torch.float32),      # one unit a block
+    (6, 301, torch.float32),     # 3 units a block, the last block has 1
+    (40, 1024, torch.float32),   # h and d x_proj staged in several batch chunks
+    (5, 32, torch.float64),      # (float64's slice for H = 1024 leaves no room to stage a chunk)
+    (6, 301, torch.bfloat16),
+], ids=["fp32_one_unit_a_block", "fp32_partial_last_block", "fp32_batch_chunks", "fp64", "bf16"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 def test_cuda_reset_before_gru(reverse, batch, hidden, dtype):
     """The reset_before GRU's kernels (two products, two grid barriers a step;

@@ -4,8 +4,10 @@
 # output folder as the run goes, so a cut-off run still leaves what it did.
 #   usage: bash tools/gpu_check.sh OUT_DIR [GIT_COMMIT]
 # Run with the device tool: bash tools/gpu_check.sh $OUT <commit>
-# GPU_CHECK_STAGES="build tests ..." runs only the stages named (default: every stage but
-# benchmark_workloads, ~8 minutes with the machine's start).
+# GPU_CHECK_STAGES="build tests ..." runs only the stages named (default: the DEFAULT_STAGES
+# below, an estimated 10 minutes with the machine's start: with a 570 s limit the last ones,
+# benchmark_graphed and benchmark_quick, may be cut; barrier_bench, benchmark_pipeline and
+# benchmark_workloads only when named).
 set -u
 OUT=${1:?usage: gpu_check.sh OUT_DIR [GIT_COMMIT]}
 COMMIT=${2:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
