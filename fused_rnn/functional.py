@@ -25,9 +25,13 @@ valid step ``lengths[b] - 1`` (the reverse half of a bidirectional layer).
     "persistent"  the whole loop in one kernel that keeps W_hh on chip (CUDA), or in one
                   threaded region over packed W_hh (CPU, float32, AVX-512, hidden sizes that are
                   multiples of 16). Raises ValueError where it cannot run: LSTM projection,
-                  reset_before GRU, state dropout, a W_hh too large for the GPU's shared memory.
-    "auto"        (default) on the CPU persistent where it can run; on CUDA stepwise, until the
-                  persistent kernels have been verified and measured on a GPU.
+                  reset_before GRU off CUDA, state dropout, a W_hh too large for the GPU's
+                  shared memory.
+    "auto"        (default) on the CPU persistent where it can run and the sequence has at
+                  least 128 rows; on CUDA persistent where a block's share of a step is small
+                  (docs/persistent.md), else stepwise.
+Under a torch.func transform that differentiates (``torch.func.grad``, ``vjp``, ``jacrev``,
+``jvp``) the reference backend runs: the fused ops' C++ autograd cannot run there.
 """
 from __future__ import annotations
 
@@ -38,15 +42,40 @@ from torch import Tensor
 
 from . import _ops, reference
 
+try:  # functorch's interpreter stack: which torch.func transforms are active
+    from torch._C._functorch import TransformType
+    from torch._C._functorch import peek_interpreter_stack as _peek_interpreter_stack
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+except ImportError:  # a torch without it: no transforms to see
+    _peek_interpreter_stack = None
+
 __all__ = ["rnn", "lstm", "peephole_lstm", "gru"]
 
 _BACKENDS = ("fused", "reference")
 ALGORITHMS = ("auto", "stepwise", "persistent")
 
 
-def _check_backend(backend: str) -> None:
+def _backend_to_run(backend: str) -> str:
+    """The backend that runs: `backend`, or "reference" under a torch.func transform that
+    differentiates (grad, vjp, jacrev, jvp, ...). The fused ops' autograd is a C++ Function,
+    which functorch refuses ("cannot use C++ torch::autograd::Function with functorch
+    transforms"); the reference backend is plain PyTorch ops, which every transform supports.
+    Under vmap alone the fused ops run (per batch entry, through functorch's fallback)."""
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    if backend == "fused" and _differentiating_transform_active():
+        return "reference"
+    return backend
+
+
+def _differentiating_transform_active() -> bool:
+    # torch.compile cannot trace the interpreter stack; a compiled graph gets the fused ops.
+    if _peek_interpreter_stack is None or torch.compiler.is_compiling():
+        return False
+    if _peek_interpreter_stack() is None:
+        return False  # no transform: the common case, one C call
+    return any(interpreter.key() in (TransformType.Grad, TransformType.Jvp)
+               for interpreter in retrieve_all_functorch_interpreters())
 
 
 def check_algo(algo: str) -> None:
@@ -92,7 +121,7 @@ def rnn(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor
         reverse: bool = False, state_mask: Optional[Tensor] = None,
         backend: str = "fused", algo: str = "auto") -> Tuple[Tensor, Tensor]:
     """Elman RNN: h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu. Returns (y, h_n)."""
-    _check_backend(backend)
+    backend = _backend_to_run(backend)
     check_algo(algo)
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
@@ -123,7 +152,7 @@ def peephole_lstm(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
     """LSTM with diagonal peepholes w_ch = (p_i, p_f, p_o), each (H,):
     i = σ(a_i + p_i⊙c), f = σ(a_f + p_f⊙c), c' = f⊙c + i⊙g, o = σ(a_o + p_o⊙c'), h' = o⊙tanh(c').
     ``w_ch=None`` is the plain LSTM. Returns (y, h_n, c_n)."""
-    _check_backend(backend)
+    backend = _backend_to_run(backend)
     check_algo(algo)
     if backend == "reference":
         return reference.peephole_lstm(x, h0, c0, w_ih, w_hh, w_ch, b_ih, b_hh, w_hr=w_hr,
@@ -141,7 +170,7 @@ def gru(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor
     """GRU (gate order r, z, n). reset_after=True is torch/cuDNN's
     n = tanh(W_in x + b_in + r⊙(W_hn h + b_hn)); reset_after=False is the original (TF GRUCell)
     n = tanh(W_in x + b_in + W_hn (r⊙h) + b_hn). h' = (1-z)⊙n + z⊙h. Returns (y, h_n)."""
-    _check_backend(backend)
+    backend = _backend_to_run(backend)
     check_algo(algo)
     if backend == "reference":
         return reference.gru(x, h0, w_ih, w_hh, b_ih, b_hh, reset_after=reset_after,
