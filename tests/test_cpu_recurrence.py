@@ -27,8 +27,11 @@ def test_build_runs_parallel_loops():
 
 # (2, 3, 8, 1040): the GEMMs' K (H forward, gates * H backward) spans two or more K blocks
 # (kBlockK = 1024 in csrc/cpu/packed_layout.h).
+# (3, 14, 8, 256) and (3, 16, 8, 256): with 2 threads a row split of 7 or 8 rows a thread over
+# a W_hh beyond the L2 (LSTM 1 MiB, GRU 768 KiB).
 @with_threads
-@pytest.mark.parametrize("shape", [(5, 7, 9, 32), (4, 13, 16, 48), (3, 1, 8, 128), (2, 3, 8, 1040)],
+@pytest.mark.parametrize("shape", [(5, 7, 9, 32), (4, 13, 16, 48), (3, 1, 8, 128), (2, 3, 8, 1040),
+                                   (3, 14, 8, 256), (3, 16, 8, 256)],
                          ids=str)
 @pytest.mark.parametrize("cell", CELLS)
 def test_matches_reference(cell, shape, threads):
