@@ -102,8 +102,9 @@ def test_float32_keeps_ffma(monkeypatch):
 
 
 def test_required_raises_where_it_does_not_fit(monkeypatch):
-    """H = 4096: a block's 32 units of LSTM rows (128 x 4104 bf16, 1 MiB) exceed shared memory."""
+    """H = 2048 on 132 SMs: a block's 16 units of LSTM rows (64 x 2056 bf16, 257 KiB) exceed
+    shared memory (227 KiB on an H100/H200)."""
     monkeypatch.setenv("FUSED_RNN_PERSISTENT_MMA", "require")
-    case = make_case("lstm", 2, 2, 8, 4096, dtype=torch.bfloat16, device="cuda", requires_grad=False)
+    case = make_case("lstm", 2, 2, 8, 2048, dtype=torch.bfloat16, device="cuda", requires_grad=False)
     with pytest.raises(RuntimeError, match="FUSED_RNN_PERSISTENT_MMA=require"):
         dataclasses.replace(case, algo="persistent").run()
