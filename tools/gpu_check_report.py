@@ -59,15 +59,15 @@ def sanitizer(out: str) -> dict:
     log = os.path.join(out, "gpu_check.log")
     text = open(log, errors="replace").read() if os.path.exists(log) else ""
     found = {}
-    for tool in ("memcheck", "racecheck"):
-        # From the stage's header line to the next stage line ("===== " with a space: the
-        # sanitizer's own lines start with "=========").
-        section = re.search(rf"^===== {tool} \(.*?(?=^===== |\Z)", text, re.S | re.M)
-        if section:
-            counts = re.findall(r"ERROR SUMMARY: (\d+) error|\((\d+) errors, \d+ warnings\)",
-                                section.group(0))
-            counts = [a or b for a, b in counts]
-            found[tool] = {"errors": sum(map(int, counts)) if counts else None}
+    # Every sanitizer stage: memcheck, racecheck and their _cluster, _mma variants. A section runs
+    # from the stage's header line to the next stage line ("===== " with a space: the sanitizer's
+    # own lines start with "=========").
+    for section in re.finditer(r"^===== ((?:memcheck|racecheck)\w*) \(.*?(?=^===== |\Z)", text,
+                               re.S | re.M):
+        counts = re.findall(r"ERROR SUMMARY: (\d+) error|\((\d+) errors, \d+ warnings\)",
+                            section.group(0))
+        counts = [a or b for a, b in counts]
+        found[section.group(1)] = {"errors": sum(map(int, counts)) if counts else None}
     return found
 
 
