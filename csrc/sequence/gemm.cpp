@@ -19,13 +19,11 @@ void check_rows(const at::Tensor& t, const char* name) {
                                 t.sizes(), " strides ", t.strides()));
 }
 
-void gemm(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool b_transposed,
-          bool accumulate) {
+// out [M, N] (+)= a [M, K] · rhs [K, N] through ATen (rhs may be a transposed view).
+void aten_gemm(const at::Tensor& out, const at::Tensor& a, const at::Tensor& rhs, bool accumulate) {
   check_rows(out, "out");
   check_rows(a, "a");
-  check_rows(b, "b");
   if (out.numel() == 0) return;
-  const at::Tensor rhs = b_transposed ? b.t() : b;
   at::Tensor result = out;
   if (accumulate) {
     result.addmm_(a, rhs);
@@ -75,7 +73,8 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<
 }
 
 StepGemm::StepGemm(const at::Tensor& w, bool transposed, int64_t rows)
-    : w_(w), transposed_(transposed) {
+    : rhs_(transposed ? w.t() : w) {
+  check_rows(w, "w");
 #ifdef FUSED_RNN_CPU_AVX2
   TORCH_INTERNAL_ASSERT(w.dim() == 2);
   const int64_t N = transposed ? w.size(0) : w.size(1), K = transposed ? w.size(1) : w.size(0);
@@ -92,9 +91,7 @@ StepGemm::StepGemm(const at::Tensor& w, bool transposed, int64_t rows)
 }
 
 void StepGemm::operator()(const at::Tensor& out, const at::Tensor& a, bool accumulate) const {
-  if (!packed_) {
-    return transposed_ ? gemm_abt(out, a, w_, accumulate) : gemm_ab(out, a, w_, accumulate);
-  }
+  if (!packed_) return aten_gemm(out, a, rhs_, accumulate);
   check_rows(out, "out");
   check_rows(a, "a");
   const int64_t M = a.size(0);
@@ -110,14 +107,6 @@ void StepGemm::operator()(const at::Tensor& out, const at::Tensor& a, bool accum
   at::parallel_for(0, packed_->panels(), grain, [&](int64_t p0, int64_t p1) {
     cpu::packed_gemm(a_data, a.stride(0), 1, M, *packed_, p0, p1, c, out.stride(0), accumulate);
   });
-}
-
-void gemm_abt(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
-  gemm(out, a, b, /*b_transposed=*/true, accumulate);
-}
-
-void gemm_ab(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
-  gemm(out, a, b, /*b_transposed=*/false, accumulate);
 }
 
 }  // namespace fused_rnn

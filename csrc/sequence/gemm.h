@@ -1,11 +1,10 @@
-// The GEMMs inside the time loops, on row-major matrices whose rows may be strided (views into
-// wider buffers, e.g. one gate block of a [B, 3H] row):
-//   gemm_abt: out [M, N] (+)= a [M, K] · bᵀ, b [N, K]   (forward: h · W_hhᵀ)
-//   gemm_ab:  out [M, N] (+)= a [M, K] · b,  b [K, N]   (backward: d gates · W_hh)
-// Through ATen into the preallocated `out` (MKL / OpenBLAS on the CPU, cuBLAS on the current
-// stream on CUDA). Calling cuBLAS directly would save the dispatcher's few microseconds a step,
-// but at::cuda::blas::gemm is not exported for every dtype by every torch release (2.11 lacks
-// the bfloat16 one), and linking cuBLAS ourselves ties the wheel to one CUDA major version.
+// The GEMMs inside the time loops (StepGemm), on row-major matrices whose rows may be strided
+// (views into wider buffers, e.g. one gate block of a [B, 3H] row), and the large products
+// outside them (linear). In the loops, ATen's GEMM writes into the preallocated `out` (MKL /
+// OpenBLAS on the CPU, cuBLAS on the current stream on CUDA) unless our packed CPU GEMM runs.
+// Calling cuBLAS directly would save the dispatcher's few microseconds a step, but
+// at::cuda::blas::gemm is not exported for every dtype by every torch release (2.11 lacks the
+// bfloat16 one), and linking cuBLAS ourselves ties the wheel to one CUDA major version.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -16,9 +15,6 @@ namespace fused_rnn {
 namespace cpu {
 class PackedMatrix;
 }
-
-void gemm_abt(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate);
-void gemm_ab(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate);
 
 // Packing a weight w [N, K] for our CPU GEMM costs about as much as multiplying ~100 rows by it
 // with ATen's GEMM (MKL's AVX2 code on AMD CPUs) would lose to ours: measured on the 2-core EPYC,
@@ -35,7 +31,8 @@ constexpr int64_t kMinRowsToPack = 128;
 // step runs our GEMM on all threads (MKL runs its AVX2 code on AMD CPUs, at half the speed, and
 // repacks w every step). Elsewhere gemm_abt / gemm_ab. The loops that the packed recurrence
 // (cpu/recurrence.h) cannot run use it: algo="stepwise", state dropout, LSTM projection and
-// the reset_before GRU.
+// the reset_before GRU. The transposed view of w is made once, not every step (on CUDA the
+// host's time per step bounds small steps).
 class StepGemm {
  public:
   // rows: how many rows of a the whole loop will multiply (steps x batch); below
@@ -44,8 +41,7 @@ class StepGemm {
   void operator()(const at::Tensor& out, const at::Tensor& a, bool accumulate) const;
 
  private:
-  at::Tensor w_;
-  bool transposed_;
+  at::Tensor rhs_;  // the product's right operand: wᵀ (a view) or w
   std::shared_ptr<const cpu::PackedMatrix> packed_;  // w packed, or null
 };
 
