@@ -142,8 +142,8 @@ __device__ inline void mma_16x8x16(float (&d)[4], const uint32_t (&a)[4], const 
 
 // Warps take 16 × 8 output tiles. Where there are fewer tiles than warps, `slices` warps split a
 // tile's k steps and add their partial sums through `scratch` ([warps][16 × 8] floats) in a fixed
-// order, so that the result does not depend on timing. Within a warp, even and odd k steps go to
-// two accumulators: two independent mma chains in flight instead of one.
+// order, so that the result does not depend on timing. Within a warp, k steps go round-robin
+// to four accumulators: four independent mma chains in flight instead of one.
 template <typename T, class Out>
 __device__ void mma_dots(const T* a, int rows_pad, const T* x, int batch_pad, int columns,
                          int stride, float* scratch, const Out& out) {
@@ -160,7 +160,10 @@ __device__ void mma_dots(const T* a, int rows_pad, const T* x, int batch_pad, in
     const bool active = item < tiles * slices;
     const int tile = item / slices, slice = item % slices;
     const int r0 = (tile % row_tiles) * kM, b0 = (tile / row_tiles) * kN;
-    float even[4] = {0.f, 0.f, 0.f, 0.f}, odd[4] = {0.f, 0.f, 0.f, 0.f};
+    // Four independent accumulator chains (k steps s, s+1, s+2, s+3): an mma's result is ready
+    // only ~30 cycles after it issues, and a backward's K (gates·H) has a hundred k steps.
+    float c0[4] = {0.f, 0.f, 0.f, 0.f}, c1[4] = {0.f, 0.f, 0.f, 0.f};
+    float c2[4] = {0.f, 0.f, 0.f, 0.f}, c3[4] = {0.f, 0.f, 0.f, 0.f};
     if (active) {
       const T* a_top = a + (r0 + g) * stride + c;  // rows g and g + 8 of the tile
       const T* a_bottom = a_top + 8 * stride;
@@ -174,15 +177,17 @@ __device__ void mma_dots(const T* a, int rows_pad, const T* x, int batch_pad, in
       };
       const int s1 = (slice + 1) * depth / slices;
       int s = slice * depth / slices;
-      for (; s + 1 < s1; s += 2) {
-        multiply(even, s);
-        multiply(odd, s + 1);
+      for (; s + 3 < s1; s += 4) {
+        multiply(c0, s);
+        multiply(c1, s + 1);
+        multiply(c2, s + 2);
+        multiply(c3, s + 3);
       }
-      if (s < s1) multiply(even, s);
+      for (; s < s1; ++s) multiply(c0, s);
     }
     float d[4];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) d[i] = even[i] + odd[i];
+    for (int i = 0; i < 4; ++i) d[i] = (c0[i] + c1[i]) + (c2[i] + c3[i]);
     if (slices == 1) {
       if (active) {
         out(r0 + g, b0 + c, d[0]);
