@@ -104,10 +104,6 @@ struct FfmaProduct {
   }
 };
 
-template <typename T>
-constexpr bool kHasTensorCoreProduct =
-    std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>;
-
 // Two neighbouring 16-bit elements (p at an even index) as the 32-bit register that an mma
 // fragment takes: the lower index in the lower half.
 template <typename T>

@@ -110,10 +110,8 @@ inline Experiment experiment_requested(const char* variable) {
 // FUSED_RNN_PERSISTENT_MMA asks for them and the sequence is float16/bfloat16, else with FFMA.
 template <typename scalar_t, class PlanFor>
 PersistentPlan plan_grid(const PlanFor& plan_for, int64_t B, int64_t H) {
-  constexpr bool kHalfType =
-      std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>;
   const Experiment mma = experiment_requested("FUSED_RNN_PERSISTENT_MMA");
-  if (kHalfType && mma != Experiment::kNo) {
+  if (kHasTensorCoreProduct<scalar_t> && mma != Experiment::kNo) {
     const PersistentPlan plan = plan_for(true);
     if (plan.blocks > 0) return plan;
     TORCH_CHECK(mma != Experiment::kRequired,
@@ -131,11 +129,16 @@ inline bool plan_fits(Algo algo, const PersistentPlan& plan) {
   return false;
 }
 
-// The steps' structs (plain pointers and sizes) in device memory, copied on the current stream
-// from pinned memory (the caching host allocator keeps that alive until the copy has run).
-template <class Step>
-Tensor steps_on_device(const std::vector<Step>& steps, const c10::Device& device) {
+// The T steps' structs (plain pointers and sizes), step_of(s) for loop index s = 0 .. T-1, in
+// device memory, copied on the current stream from pinned memory (the caching host allocator
+// keeps that alive until the copy has run).
+template <class StepOf>
+Tensor steps_on_device(int64_t T, const StepOf& step_of, const c10::Device& device) {
+  using Step = decltype(step_of(int64_t{0}));
   static_assert(std::is_trivially_copyable_v<Step>, "a step must be a plain struct");
+  std::vector<Step> steps;
+  steps.reserve(T);
+  for (int64_t s = 0; s < T; ++s) steps.push_back(step_of(s));
   const int64_t bytes = static_cast<int64_t>(steps.size() * sizeof(Step));
   Tensor host = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
   std::memcpy(host.data_ptr(), steps.data(), bytes);
@@ -167,14 +170,11 @@ bool persistent_forward(Algo algo, int64_t T, bool reverse, int64_t gates, const
   if (!plan_fits(algo, plan)) return false;
   const Tensor other = at::empty_like(h);  // [B, H] the state of every other step
   scalar_t* state[2] = {h.data_ptr<scalar_t>(), other.data_ptr<scalar_t>()};
-  std::vector<Step> steps;
-  steps.reserve(T);
-  for (int64_t s = 0; s < T; ++s) {
+  const Tensor steps_device = steps_on_device(T, [&](int64_t s) {
     Step step = step_at(time_at(s, T, reverse));
     step.h = state[(s + 1) % 2];
-    steps.push_back(step);
-  }
-  const Tensor steps_device = steps_on_device(steps, h.device());
+    return step;
+  }, h.device());
   PersistentForwardArgs<Step> args;
   args.steps = static_cast<const Step*>(steps_device.data_ptr());
   args.w_hh = w.data_ptr<scalar_t>();
@@ -206,10 +206,8 @@ bool persistent_backward(Algo algo, int64_t T, bool reverse, int64_t gates, cons
       [&](bool tensor_cores) { return plan_persistent_backward<Step>(B, H, gates, tensor_cores); },
       B, H);
   if (!plan_fits(algo, plan)) return false;
-  std::vector<Step> steps;
-  steps.reserve(T);
-  for (int64_t i = 0; i < T; ++i) steps.push_back(step_at(time_at(T - 1 - i, T, reverse)));
-  const Tensor steps_device = steps_on_device(steps, dh.device());
+  const Tensor steps_device = steps_on_device(
+      T, [&](int64_t i) { return step_at(time_at(T - 1 - i, T, reverse)); }, dh.device());
   PersistentBackwardArgs<Step> args;
   args.steps = static_cast<const Step*>(steps_device.data_ptr());
   args.w_hh = w.data_ptr<scalar_t>();
@@ -239,10 +237,8 @@ bool persistent_reset_before_forward(Algo algo, int64_t T, bool reverse, const T
   const PersistentPlan plan = plan_grid<scalar_t>(
       [&](bool tensor_cores) { return plan_reset_before_forward<Pair>(B, H, tensor_cores); }, B, H);
   if (!plan_fits(algo, plan)) return false;
-  std::vector<Pair> steps;
-  steps.reserve(T);
-  for (int64_t s = 0; s < T; ++s) steps.push_back(pair_at(time_at(s, T, reverse)));
-  const Tensor steps_device = steps_on_device(steps, h.device());
+  const Tensor steps_device = steps_on_device(
+      T, [&](int64_t s) { return pair_at(time_at(s, T, reverse)); }, h.device());
   PersistentResetBeforeForwardArgs<Pair> args;
   args.steps = static_cast<const Pair*>(steps_device.data_ptr());
   args.w_hh = w.data_ptr<scalar_t>();
@@ -272,10 +268,8 @@ bool persistent_reset_before_backward(Algo algo, int64_t T, bool reverse, const 
   const PersistentPlan plan = plan_grid<scalar_t>(
       [&](bool tensor_cores) { return plan_reset_before_backward<Pair>(B, H, tensor_cores); }, B, H);
   if (!plan_fits(algo, plan)) return false;
-  std::vector<Pair> steps;
-  steps.reserve(T);
-  for (int64_t i = 0; i < T; ++i) steps.push_back(pair_at(time_at(T - 1 - i, T, reverse)));
-  const Tensor steps_device = steps_on_device(steps, dh.device());
+  const Tensor steps_device = steps_on_device(
+      T, [&](int64_t i) { return pair_at(time_at(T - 1 - i, T, reverse)); }, dh.device());
   PersistentResetBeforeBackwardArgs<Pair> args;
   args.steps = static_cast<const Pair*>(steps_device.data_ptr());
   args.w_hh = w.data_ptr<scalar_t>();

@@ -25,6 +25,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "fused_rnn/cell_steps.h"
 
@@ -36,6 +37,11 @@ namespace fused_rnn {
 //               (csrc/cpu/recurrence.h). Raises where it cannot run.
 //   auto:       persistent where it can run and is expected to be faster, else stepwise.
 enum class Algo { kAuto, kStepwise, kPersistent };
+
+// The storage types the persistent kernels can multiply on tensor cores (experimental).
+template <typename T>
+constexpr bool kHasTensorCoreProduct =
+    std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>;
 
 constexpr int kPersistentThreads = 256;  // threads per block (one block per SM: up to 255 registers each)
 constexpr int kTileRows = 4;             // W_hh rows per thread tile of the dot products
