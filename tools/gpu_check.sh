@@ -88,22 +88,21 @@ stage racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 9 "$PY" t
 [ $MMA_OK = 1 ] && stage racecheck_mma 60 compute-sanitizer --tool racecheck --error-exitcode 9 \
   "$PY" tools/sanitizer_workload.py --mma
 # Most wanted first (a run cut short keeps what it did): where a persistent step's time goes
-# (issue 6), the experimental cluster forward against the grid kernel, the two algorithms and
-# auto side by side where the persistent kernel is meant to win, then where it stops paying,
-# every cell on `mid` with peak memory (issue 5), the one-GPU pipelining overhead (issue 7).
+# (issue 6), the tensor-core products, the stepwise loop without launch overhead (issue 5), the
+# two algorithms and auto where the persistent kernel is meant to win, then where it stops paying,
+# the experimental cluster forward, every cell on `mid` with peak memory (issue 5).
 # Stall reasons and memory traffic of one long_tiny forward, grid kernel then cluster kernel.
 NCU=(ncu --clock-control none -k regex:forward_kernel --launch-skip 1 --launch-count 1 --section SpeedOfLight
      --section WarpStateStats --section MemoryWorkloadAnalysis --section LaunchStats)
 [ $PERSISTENT_OK = 1 ] && stage profile_persistent 90 "${NCU[@]}" "$PY" tools/profile_persistent.py
-[ $CLUSTER_OK = 1 ] && stage profile_cluster 90 env FUSED_RNN_PERSISTENT_CLUSTER=require "${NCU[@]}" \
-  "$PY" tools/profile_persistent.py
-[ $CLUSTER_OK = 1 ] && stage benchmark_cluster 60 env FUSED_RNN_PERSISTENT_CLUSTER=require "$PY" -m benchmarks \
-  --device cuda --cells lstm,gru,rnn_tanh --workloads small_batch,long_tiny --dtypes fp32,bf16 \
-  --modes inference --contenders fused_persistent,torch.nn --no-plot --out "$OUT"
 # The tensor-core products against the FFMA ones (benchmark_persistent) and cuDNN, bf16.
 [ $MMA_OK = 1 ] && stage benchmark_mma 60 env FUSED_RNN_PERSISTENT_MMA=require "$PY" -m benchmarks \
   --device cuda --cells lstm,gru --workloads small_batch,mid,long_tiny,deepbench_1024 --dtypes bf16 \
   --contenders fused_persistent,torch.nn --no-plot --out "$OUT"
+# The stepwise loop without launch overhead (CUDA graphs) where it races cuDNN (issue 5).
+stage benchmark_graphed 60 "$PY" -m benchmarks --device cuda --cells lstm,gru \
+  --workloads mid,deepbench_1024,big_h,large_batch --dtypes fp32,bf16 \
+  --contenders fused_stepwise,fused_graphed,torch.nn --no-plot --out "$OUT"
 [ $PERSISTENT_OK = 1 ] && stage benchmark_persistent 90 "$PY" -m benchmarks --device cuda --cells lstm,gru,rnn_tanh,peephole_lstm \
   --workloads small_batch,mid,long_tiny --dtypes fp32,bf16 \
   --contenders fused,fused_stepwise,fused_persistent,torch.nn --no-plot --out "$OUT"
@@ -111,10 +110,11 @@ NCU=(ncu --clock-control none -k regex:forward_kernel --launch-skip 1 --launch-c
 [ $PERSISTENT_OK = 1 ] && stage benchmark_auto_limits 60 "$PY" -m benchmarks --device cuda --cells lstm,gru \
   --workloads deepbench_1024,large_batch,big_h --dtypes fp32,bf16 \
   --contenders fused,fused_stepwise,fused_persistent,torch.nn --no-plot --out "$OUT"
-# The stepwise loop without launch overhead (CUDA graphs) where it races cuDNN (issue 5).
-stage benchmark_graphed 60 "$PY" -m benchmarks --device cuda --cells lstm,gru \
-  --workloads mid,deepbench_1024,big_h,large_batch --dtypes fp32,bf16 \
-  --contenders fused_stepwise,fused_graphed,torch.nn --no-plot --out "$OUT"
+[ $CLUSTER_OK = 1 ] && stage benchmark_cluster 60 env FUSED_RNN_PERSISTENT_CLUSTER=require "$PY" -m benchmarks \
+  --device cuda --cells lstm,gru,rnn_tanh --workloads small_batch,long_tiny --dtypes fp32,bf16 \
+  --modes inference --contenders fused_persistent,torch.nn --no-plot --out "$OUT"
+[ $CLUSTER_OK = 1 ] && stage profile_cluster 90 env FUSED_RNN_PERSISTENT_CLUSTER=require "${NCU[@]}" \
+  "$PY" tools/profile_persistent.py
 # The floor of a persistent step: one grid barrier (by blocks) or cluster barrier (by size).
 stage barrier_bench 40 bash -c "nvcc -O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 \
   -o $WORK/barrier_bench tools/barrier_bench.cu && $WORK/barrier_bench"
