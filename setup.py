@@ -8,6 +8,7 @@ have installed).
 """
 import glob
 import os
+import re
 import shutil
 import sys
 
@@ -64,6 +65,19 @@ def _pip_cuda_include_dirs():
     return dirs
 
 
+def _cublaslt_link_args():
+    """Links cuBLASLt, which the time loops call directly (csrc/cuda/step_gemm_cublaslt.cpp). A
+    pip-installed CUDA torch ships it beside itself under a versioned name only
+    (libcublasLt.so.13), which -lcublasLt does not find: link that file by name. At run time the
+    loader reuses the copy torch has loaded. Without it, a full toolkit's (CUDA_HOME/lib64)."""
+    site = os.path.dirname(os.path.dirname(torch.__file__))
+    for library in sorted(glob.glob(os.path.join(site, "nvidia", "*", "lib", "libcublasLt.so.*"))):
+        if re.fullmatch(r"libcublasLt\.so\.\d+", os.path.basename(library)):
+            directory = os.path.dirname(library)
+            return [f"-L{directory}", f"-l:{os.path.basename(library)}", f"-Wl,-rpath,{directory}"]
+    return ["-lcublasLt"]
+
+
 def _set_default_arch_list():
     if os.environ.get("TORCH_CUDA_ARCH_LIST"):
         return
@@ -92,7 +106,7 @@ def _extension():
         "fused_rnn._C", cpp_sources + cuda_sources,
         include_dirs=include_dirs + _pip_cuda_include_dirs(),
         define_macros=[("FUSED_RNN_WITH_CUDA", None)],
-        extra_link_args=link_flags,
+        extra_link_args=link_flags + _cublaslt_link_args(),
         extra_compile_args={"cxx": cxx_flags,
                             "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]})
 

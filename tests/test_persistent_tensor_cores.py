@@ -1,5 +1,5 @@
-"""The persistent CUDA kernels with their products on tensor cores (FUSED_RNN_PERSISTENT_MMA,
-csrc/cuda/persistent_products.cuh; experimental): float16 and bfloat16, forward and backward,
+"""The persistent CUDA kernels with their products on tensor cores (csrc/cuda/persistent_products.cuh;
+the default for half types, FUSED_RNN_PERSISTENT_MMA=0 turns it off): float16 and bfloat16, forward and backward,
 against the float64 oracle on the same rounded inputs and against the stepwise loop. Every test
 checks that the tensor-core kernels are the ones that ran. Needs an sm_80+ GPU."""
 import dataclasses
@@ -99,6 +99,27 @@ def test_float32_keeps_ffma(monkeypatch):
     for kind in (0, 1):
         for ours, theirs in zip(persistent[kind], stepwise[kind]):
             assert _relative_error(ours, theirs) < 1e-4
+
+
+@pytest.mark.parametrize("setting, tensor_cores", [(None, True), ("1", True), ("0", False)],
+                         ids=["unset", "on", "off"])
+def test_tensor_cores_are_the_default_for_half_types(setting, tensor_cores, monkeypatch):
+    """Unset (or 1), a bfloat16 sequence runs the tensor-core kernels forward and backward; 0
+    keeps FFMA. Both match the stepwise loop to bfloat16's rounding."""
+    if setting is None:
+        monkeypatch.delenv("FUSED_RNN_PERSISTENT_MMA", raising=False)
+    else:
+        monkeypatch.setenv("FUSED_RNN_PERSISTENT_MMA", setting)
+    torch.manual_seed(15)
+    case = make_case("lstm", 6, 4, 8, 64, dtype=torch.bfloat16, device="cuda")
+    persistent, kernels = _run_profiled(case, "persistent")
+    ran = [k for k in kernels if "forward_kernel" in k or "backward_kernel" in k]
+    assert len(ran) >= 2, kernels
+    assert all(("MmaProduct" in k) == tensor_cores for k in ran), ran
+    stepwise = outputs_and_grads(dataclasses.replace(case, algo="stepwise"), "fused")
+    for kind in (0, 1):
+        for ours, theirs in zip(persistent[kind], stepwise[kind]):
+            assert _relative_error(ours, theirs) < 5e-2
 
 
 def test_required_raises_where_it_does_not_fit(monkeypatch):

@@ -6,16 +6,16 @@
 # Run with the device tool: bash tools/gpu_check.sh $OUT <commit>
 # GPU_CHECK_STAGES="build tests ..." runs only the stages named (default: the DEFAULT_STAGES
 # below, an estimated 10 minutes with the machine's start: with a 570 s limit the last ones,
-# benchmark_graphed and benchmark_quick, may be cut; barrier_bench, benchmark_pipeline and
-# benchmark_workloads only when named).
+# benchmark_graphed and benchmark_quick, may be cut; barrier_bench, benchmark_pipeline,
+# benchmark_workloads, benchmark_step_gemm_aten, benchmark_algorithms and cluster_backtrace
+# only when named).
 set -u
 OUT=${1:?usage: gpu_check.sh OUT_DIR [GIT_COMMIT]}
 COMMIT=${2:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 PY=${PYTHON:-python3}
 # $OUT gets only what is worth keeping (the device tool brings back at most 8 files): the log and
 # the results JSON, the JSON of the cluster, mma, persistent, auto-limits, graphed and quick
-# benchmark runs: 8 (benchmark_pipeline and benchmark_workloads, when asked for, add theirs
-# instead of some of them). Scratch (junit, stage list) stays in $WORK.
+# benchmark runs: 8 (the stages run only when named add theirs instead of some of them). Scratch (junit, stage list) stays in $WORK.
 WORK=$(mktemp -d)
 mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"
@@ -59,8 +59,9 @@ stage toolchain 20 bash -c "g++ --version | head -1; ldd fused_rnn/_C*.so | grep
 PERSISTENT_OK=1; CLUSTER_OK=1; MMA_OK=1
 stage persistent_smoke 60 "$PY" tools/persistent_smoke.py grid || PERSISTENT_OK=0
 # The experimental one-cluster forward (FUSED_RNN_PERSISTENT_CLUSTER=1), likewise alone first.
-stage cluster_smoke 60 "$PY" tools/persistent_smoke.py cluster || CLUSTER_OK=0
-# The experimental tensor-core products (FUSED_RNN_PERSISTENT_MMA=1), likewise.
+# (PYTHONFAULTHANDLER: at e2603bb its results were right but the process aborted at exit.)
+stage cluster_smoke 60 env PYTHONFAULTHANDLER=1 "$PY" tools/persistent_smoke.py cluster || CLUSTER_OK=0
+# The tensor-core products (the default for half types), likewise.
 stage mma_smoke 60 "$PY" tools/persistent_smoke.py mma || MMA_OK=0
 DESELECT=(); SANITIZER_ARGS=()
 if [ $PERSISTENT_OK = 0 ]; then
@@ -103,6 +104,14 @@ NCU=(ncu --clock-control none -k regex:forward_kernel --launch-skip 1 --launch-c
 stage benchmark_graphed 60 "$PY" -m benchmarks --device cuda --cells lstm,gru \
   --workloads mid,deepbench_1024,big_h,large_batch --dtypes fp32,bf16 \
   --contenders fused_stepwise,fused_graphed,torch.nn --no-plot --out "$OUT"
+# The same stepwise loop with ATen's GEMM instead of cuBLASLt (cuda/step_gemm_cublaslt.h).
+stage benchmark_step_gemm_aten 30 env FUSED_RNN_STEP_GEMM=aten "$PY" -m benchmarks --device cuda \
+  --cells lstm,gru --workloads mid,deepbench_1024,large_batch --dtypes bf16 \
+  --contenders fused_stepwise,torch.nn --no-plot --out "$OUT"
+# Both algorithms and auto for LSTM and GRU from small_batch to large_batch: auto's limits.
+[ $PERSISTENT_OK = 1 ] && stage benchmark_algorithms 90 "$PY" -m benchmarks --device cuda --cells lstm,gru \
+  --workloads small_batch,mid,long_tiny,deepbench_1024,large_batch --dtypes fp32,bf16 \
+  --contenders fused,fused_stepwise,fused_persistent,torch.nn --no-plot --out "$OUT"
 [ $PERSISTENT_OK = 1 ] && stage benchmark_persistent 90 "$PY" -m benchmarks --device cuda --cells lstm,gru,rnn_tanh,peephole_lstm \
   --workloads small_batch,mid,long_tiny --dtypes fp32,bf16 \
   --contenders fused,fused_stepwise,fused_persistent,torch.nn --no-plot --out "$OUT"
@@ -124,4 +133,8 @@ stage benchmark_pipeline 30 "$PY" -m benchmarks.pipeline --device cuda --json "$
 stage benchmark_workloads 90 "$PY" -m benchmarks --device cuda --cells lstm,gru \
   --workloads small_batch,deepbench_1024,big_h,long_tiny,large_batch --dtypes fp32,bf16 \
   --contenders fused,torch.nn --out "$OUT"
+# Where the cluster smoke test's process aborted ("terminate called without an active
+# exception" at e2603bb): its native stack, when gdb is there.
+[ $CLUSTER_OK = 0 ] && stage cluster_backtrace 45 bash -c "command -v gdb >/dev/null || { echo no gdb; exit 0; }; \
+  gdb -q -batch -ex run -ex bt --args $PY tools/persistent_smoke.py cluster"
 tail -n 60 "$LOG" | grep -E "=====|passed|failed|ERROR SUMMARY|RACECHECK SUMMARY" || true

@@ -3,11 +3,11 @@
 // and row layout of both shared copies and the dot-product routine; the kernels take it as a
 // template argument:
 //   FfmaProduct  exact FFMA in the compute type (float for half types, double for double) from
-//                copies in that type. Every dtype; the default.
+//                copies in that type. float32 and float64, and half types where the MMA plan
+//                does not fit or FUSED_RNN_PERSISTENT_MMA=0 (sequence/persistent_loop.h).
 //   MmaProduct   tensor cores (mma.sync m16n8k16, sm_80+), float16/bfloat16 only: W and h stay
-//                in the storage type (half the shared memory), products add up in float.
-//                EXPERIMENTAL, not yet run on a GPU: used only where FUSED_RNN_PERSISTENT_MMA
-//                asks for it (sequence/persistent_loop.h).
+//                in the storage type (half the shared memory), products add up in float. The
+//                default for half types (checked and measured on an H200 at e2603bb).
 // Both compute, for every r < rows_pad and b < batch_pad (multiples of the product's tiles),
 //   out(r, b, Σ_k a[r][k] · x[b][k]),  a [rows_pad][stride], x [batch_pad][stride], k < K,
 // where every thread of the block calls them, and columns [K, columns(K)) of both are zero.

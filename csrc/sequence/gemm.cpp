@@ -9,6 +9,9 @@
 #include "fused_rnn/check_message.h"
 #include "common.h"
 #include "fused_rnn/launch.h"
+#ifdef FUSED_RNN_WITH_CUDA
+#include "../cuda/step_gemm_cublaslt.h"
+#endif
 
 namespace fused_rnn {
 namespace {
@@ -75,6 +78,9 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<
 StepGemm::StepGemm(const at::Tensor& w, bool transposed, int64_t rows)
     : rhs_(transposed ? w.t() : w) {
   check_rows(w, "w");
+#ifdef FUSED_RNN_WITH_CUDA
+  lt_ = LtStepGemm::make(w, transposed);
+#endif
 #ifdef FUSED_RNN_CPU_AVX2
   TORCH_INTERNAL_ASSERT(w.dim() == 2);
   const int64_t N = transposed ? w.size(0) : w.size(1), K = transposed ? w.size(1) : w.size(0);
@@ -91,6 +97,13 @@ StepGemm::StepGemm(const at::Tensor& w, bool transposed, int64_t rows)
 }
 
 void StepGemm::operator()(const at::Tensor& out, const at::Tensor& a, bool accumulate) const {
+#ifdef FUSED_RNN_WITH_CUDA
+  if (lt_) {
+    check_rows(out, "out");
+    check_rows(a, "a");
+    if ((*lt_)(out, a, accumulate)) return;
+  }
+#endif
   if (!packed_) return aten_gemm(out, a, rhs_, accumulate);
   check_rows(out, "out");
   check_rows(a, "a");

@@ -1,10 +1,8 @@
 // The GEMMs inside the time loops (StepGemm), on row-major matrices whose rows may be strided
 // (views into wider buffers, e.g. one gate block of a [B, 3H] row), and the large products
-// outside them (linear). In the loops, ATen's GEMM writes into the preallocated `out` (MKL /
-// OpenBLAS on the CPU, cuBLAS on the current stream on CUDA) unless our packed CPU GEMM runs.
-// Calling cuBLAS directly would save the dispatcher's few microseconds a step, but
-// at::cuda::blas::gemm is not exported for every dtype by every torch release (2.11 lacks the
-// bfloat16 one), and linking cuBLAS ourselves ties the wheel to one CUDA major version.
+// outside them (linear). In the loops the product writes into the preallocated `out`: on CUDA
+// through cuBLASLt with its algorithm chosen once per loop (cuda/step_gemm_cublaslt.h), on a CPU
+// with AVX-512 our packed GEMM, elsewhere ATen's GEMM (MKL / OpenBLAS, cuBLAS for float64).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -15,6 +13,7 @@ namespace fused_rnn {
 namespace cpu {
 class PackedMatrix;
 }
+class LtStepGemm;
 
 // Packing a weight w [N, K] for our CPU GEMM costs about as much as multiplying ~100 rows by it
 // with ATen's GEMM (MKL's AVX2 code on AMD CPUs) would lose to ours: measured on the 2-core EPYC,
@@ -29,7 +28,8 @@ constexpr int64_t kMinRowsToPack = 128;
 //   otherwise:  out [M, N] (+)= a [M, K] · w,  w [K, N]   (backward: d gates · W_hh)
 // Float on a CPU with AVX-512 and N % 16 == 0: w is packed once (cpu/packed_gemm.h) and each
 // step runs our GEMM on all threads (MKL runs its AVX2 code on AMD CPUs, at half the speed, and
-// repacks w every step). Elsewhere gemm_abt / gemm_ab. The loops that the packed recurrence
+// repacks w every step). On CUDA cuBLASLt, set up once (cuda/step_gemm_cublaslt.h). Elsewhere,
+// and where cuBLASLt offers no algorithm, ATen's GEMM. The loops that the packed recurrence
 // (cpu/recurrence.h) cannot run use it: algo="stepwise", state dropout, LSTM projection and
 // the reset_before GRU. The transposed view of w is made once, not every step (on CUDA the
 // host's time per step bounds small steps).
@@ -43,6 +43,7 @@ class StepGemm {
  private:
   at::Tensor rhs_;  // the product's right operand: wᵀ (a view) or w
   std::shared_ptr<const cpu::PackedMatrix> packed_;  // w packed, or null
+  std::shared_ptr<const LtStepGemm> lt_;             // CUDA: the cuBLASLt product, or null
 };
 
 // The large products outside the time loops (input projection, its gradients, the weight

@@ -91,26 +91,29 @@ inline bool persistent_allowed_now(Algo algo) {
   return false;
 }
 
-// Experimental kernels, asked for by an environment variable: "1" runs them wherever they fit
-// (otherwise, and by default, the grid kernel with FFMA runs); "require" raises where they do
-// not, so that a check of an experimental kernel (the smoke test, the sanitizers) cannot pass on
-// the default kernel unnoticed. Read on every call: tests switch them with monkeypatch.
-//   FUSED_RNN_PERSISTENT_CLUSTER  the one-cluster forward (fused_rnn/persistent.h)
-//   FUSED_RNN_PERSISTENT_MMA      tensor cores for float16/bfloat16 (cuda/persistent_products.cuh)
+// Kernel variants chosen by an environment variable: "1" runs them wherever they fit, "0" never
+// (the grid kernel with FFMA runs instead), "require" raises where they do not fit, so that a
+// check of a variant (the smoke test, the sanitizers) cannot pass on another kernel unnoticed;
+// unset means `unset`. Read on every call: tests switch them with monkeypatch.
+//   FUSED_RNN_PERSISTENT_CLUSTER  the one-cluster forward (fused_rnn/persistent.h); experimental,
+//                                 off unless asked for
+//   FUSED_RNN_PERSISTENT_MMA      tensor cores for float16/bfloat16 (cuda/persistent_products.cuh);
+//                                 on by default
 enum class Experiment { kNo, kWhereItFits, kRequired };
-inline Experiment experiment_requested(const char* variable) {
+inline Experiment experiment_requested(const char* variable, Experiment unset = Experiment::kNo) {
   const char* value = std::getenv(variable);
-  if (value == nullptr) return Experiment::kNo;
+  if (value == nullptr) return unset;
   if (std::strcmp(value, "1") == 0) return Experiment::kWhereItFits;
   if (std::strcmp(value, "require") == 0) return Experiment::kRequired;
   return Experiment::kNo;
 }
 
-// The grid kernel's plan from plan_for(tensor_cores): on tensor cores where
-// FUSED_RNN_PERSISTENT_MMA asks for them and the sequence is float16/bfloat16, else with FFMA.
+// The grid kernel's plan from plan_for(tensor_cores): on tensor cores for float16/bfloat16
+// unless FUSED_RNN_PERSISTENT_MMA=0 (measured 1.6-3.4x faster than FFMA on an H200,
+// benchmarks/results/h200_gpu_check_e2603bb), else with FFMA.
 template <typename scalar_t, class PlanFor>
 PersistentPlan plan_grid(const PlanFor& plan_for, int64_t B, int64_t H) {
-  const Experiment mma = experiment_requested("FUSED_RNN_PERSISTENT_MMA");
+  const Experiment mma = experiment_requested("FUSED_RNN_PERSISTENT_MMA", Experiment::kWhereItFits);
   if (kHasTensorCoreProduct<scalar_t> && mma != Experiment::kNo) {
     const PersistentPlan plan = plan_for(true);
     if (plan.blocks > 0) return plan;

@@ -16,9 +16,8 @@
 //
 // FP32 is multiplied with exact FFMA (no TF32), half types in float; products accumulate in the
 // compute type and hh is rounded to the storage type, as the stepwise path's cuBLAS GEMM does.
-// EXPERIMENTAL, not yet run on a GPU: half types on tensor cores (mma.sync, W and h kept in the
-// storage type, float sums), only where FUSED_RNN_PERSISTENT_MMA asks for them
-// (csrc/cuda/persistent_products.cuh).
+// Half types run on tensor cores where their plan fits (mma.sync, W and h kept in the storage
+// type, float sums; FUSED_RNN_PERSISTENT_MMA=0 keeps FFMA; csrc/cuda/persistent_products.cuh).
 //
 // This header is shared by the host code (sequence/recurrent_loop.h) and the kernels
 // (csrc/cuda/persistent.cuh).
@@ -60,10 +59,11 @@ struct PersistentPlan {
   int64_t batch_chunk = 0;   // rows of h (backward: d_pre) staged in shared memory at a time
   int64_t shared_bytes = 0;  // dynamic shared memory per block
   bool cluster = false;      // forward only: the blocks form one thread-block cluster (below)
-  bool tensor_cores = false; // fp16/bf16: the products run on tensor cores (experimental)
+  bool tensor_cores = false; // fp16/bf16: the products run on tensor cores
 };
 
-// EXPERIMENTAL, not yet run on a GPU: the forward as ONE thread-block cluster of up to
+// EXPERIMENTAL (its results matched the grid kernel's on an H200 at e2603bb, but that process
+// aborted at exit, not yet understood): the forward as ONE thread-block cluster of up to
 // kMaxClusterBlocks blocks (sm_90). The state never leaves the chip: each block keeps its units'
 // h in shared memory, reads the other units' h from the other blocks' shared memory (distributed
 // shared memory), keeps hh in shared memory, and meets the others at a cluster barrier (0.2 us
