@@ -25,7 +25,7 @@ export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_
 
 DEFAULT_STAGES="environment build toolchain persistent_smoke cluster_smoke mma_smoke tests memcheck racecheck
   memcheck_cluster racecheck_cluster memcheck_mma racecheck_mma profile_persistent profile_cluster
-  benchmark_cluster benchmark_mma benchmark_persistent benchmark_auto_limits benchmark_graphed benchmark_quick"
+  benchmark_cluster benchmark_ffma_half benchmark_persistent benchmark_auto_limits benchmark_graphed benchmark_quick"
 DEFAULT_STAGES=$(echo $DEFAULT_STAGES)  # one line
 
 stage() {  # stage NAME SECONDS COMMAND...: run, log, record "NAME rc seconds"
@@ -70,7 +70,8 @@ if [ $PERSISTENT_OK = 0 ]; then
 else
   LEAVE_OUT=""  # a pytest -k expression
   [ $CLUSTER_OK = 0 ] && LEAVE_OUT="not cluster"
-  [ $MMA_OK = 0 ] && LEAVE_OUT="${LEAVE_OUT:+$LEAVE_OUT and }not tensor_cores"
+  # Tensor cores are the default for half types: without them the later stages run FFMA.
+  [ $MMA_OK = 0 ] && LEAVE_OUT="${LEAVE_OUT:+$LEAVE_OUT and }not tensor_cores" && export FUSED_RNN_PERSISTENT_MMA=0
   if [ -n "$LEAVE_OUT" ]; then
     DESELECT=(-k "$LEAVE_OUT")
     echo "===== experimental smoke failed: later stages run -k \"$LEAVE_OUT\"" | tee -a "$LOG"
@@ -89,15 +90,16 @@ stage racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 9 "$PY" t
 [ $MMA_OK = 1 ] && stage racecheck_mma 60 compute-sanitizer --tool racecheck --error-exitcode 9 \
   "$PY" tools/sanitizer_workload.py --mma
 # Most wanted first (a run cut short keeps what it did): where a persistent step's time goes
-# (issue 6), the tensor-core products, the stepwise loop without launch overhead (issue 5), the
+# (issue 6), tensor cores against FFMA, the stepwise loop without launch overhead (issue 5), the
 # two algorithms and auto where the persistent kernel is meant to win, then where it stops paying,
 # the experimental cluster forward, every cell on `mid` with peak memory (issue 5).
 # Stall reasons and memory traffic of one long_tiny forward, grid kernel then cluster kernel.
 NCU=(ncu --clock-control none -k regex:forward_kernel --launch-skip 1 --launch-count 1 --section SpeedOfLight
      --section WarpStateStats --section MemoryWorkloadAnalysis --section LaunchStats)
 [ $PERSISTENT_OK = 1 ] && stage profile_persistent 90 "${NCU[@]}" "$PY" tools/profile_persistent.py
-# The tensor-core products against the FFMA ones (benchmark_persistent) and cuDNN, bf16.
-[ $MMA_OK = 1 ] && stage benchmark_mma 60 env FUSED_RNN_PERSISTENT_MMA=require "$PY" -m benchmarks \
+# bf16 with the persistent kernels' FFMA products, against their default tensor cores
+# (benchmark_persistent) and cuDNN.
+[ $PERSISTENT_OK = 1 ] && stage benchmark_ffma_half 60 env FUSED_RNN_PERSISTENT_MMA=0 "$PY" -m benchmarks \
   --device cuda --cells lstm,gru --workloads small_batch,mid,long_tiny,deepbench_1024 --dtypes bf16 \
   --contenders fused_persistent,torch.nn --no-plot --out "$OUT"
 # The stepwise loop without launch overhead (CUDA graphs) where it races cuDNN (issue 5).

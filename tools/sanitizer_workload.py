@@ -22,7 +22,7 @@ def main(argv) -> int:
     # "require" a shape the cluster plan declines raises instead of running the grid kernel.
     if "--cluster" in argv:
         os.environ["FUSED_RNN_PERSISTENT_CLUSTER"] = "require"
-    # --mma: the persistent kernels multiply bfloat16 on tensor cores (experimental), =require.
+    # --mma: the persistent kernels multiply bfloat16 on tensor cores (the default), =require.
     if "--mma" in argv:
         os.environ["FUSED_RNN_PERSISTENT_MMA"] = "require"
     torch.manual_seed(0)

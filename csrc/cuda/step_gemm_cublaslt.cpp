@@ -1,7 +1,7 @@
 #include "step_gemm_cublaslt.h"
 
-#include <ATen/Context.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/util/Exception.h>
 #include <cublasLt.h>
@@ -9,6 +9,10 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "fused_rnn/check_message.h"
@@ -19,6 +23,27 @@ namespace {
 // Workspace for split-k algorithms. The recurrent GEMMs are skinny (M = batch rows) and small;
 // 4 MiB admits split-k where it pays without weighing on memory.
 constexpr int64_t kWorkspaceBytes = int64_t{4} << 20;
+
+// One workspace per (device, stream), kept for the life of the process as cuBLAS keeps its own:
+// each loop allocating 4 MiB of its own raised a training step's peak memory by 4 MiB (tests/
+// test_backward_memory.py on an H200, c3d4ece). The map is never destroyed, so nothing is freed
+// at exit, when the CUDA allocator may be gone. Under graph capture a stream that has none gets
+// none (what is allocated during capture belongs to the graph): its products run without.
+std::pair<void*, int64_t> workspace_for(const at::Tensor& like, cudaStream_t stream) {
+  static std::mutex mutex;
+  static auto* workspaces = new std::map<std::pair<int, cudaStream_t>, at::Tensor>();
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto key = std::make_pair(static_cast<int>(like.device().index()), stream);
+  const auto found = workspaces->find(key);
+  if (found != workspaces->end()) return {found->second.data_ptr(), kWorkspaceBytes};
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  if (capture != cudaStreamCaptureStatusNone) return {nullptr, 0};
+  at::Tensor workspace = at::empty({kWorkspaceBytes}, like.options().dtype(at::kByte));
+  void* data = workspace.data_ptr();
+  workspaces->emplace(key, std::move(workspace));
+  return {data, kWorkspaceBytes};
+}
 
 void check_lt(cublasStatus_t status, const char* what) {
   TORCH_CHECK(status == CUBLAS_STATUS_SUCCESS,
@@ -33,25 +58,15 @@ uint32_t alignment_of(const void* pointer) {
   return alignment;
 }
 
-struct LtTypes {
-  cudaDataType_t data;
-  cublasComputeType_t compute;
-  cudaDataType_t scale;  // alpha and beta are float for every type here
-};
-
-bool lt_types(at::ScalarType dtype, LtTypes* types) {
+// The storage type of a half-type sequence; sums and alpha, beta are float. (float32 stays with
+// ATen: see the header.)
+bool lt_data_type(at::ScalarType dtype, cudaDataType_t* type) {
   switch (dtype) {
-    case at::kFloat:
-      *types = {CUDA_R_32F,
-                at::globalContext().allowTF32CuBLAS() ? CUBLAS_COMPUTE_32F_FAST_TF32
-                                                      : CUBLAS_COMPUTE_32F,
-                CUDA_R_32F};
-      return true;
     case at::kHalf:
-      *types = {CUDA_R_16F, CUBLAS_COMPUTE_32F, CUDA_R_32F};
+      *type = CUDA_R_16F;
       return true;
     case at::kBFloat16:
-      *types = {CUDA_R_16BF, CUBLAS_COMPUTE_32F, CUDA_R_32F};
+      *type = CUDA_R_16BF;
       return true;
     default:
       return false;
@@ -98,12 +113,13 @@ struct Plan {
 struct LtStepGemm::Impl {
   at::Tensor w;
   int64_t N = 0, K = 0;
-  LtTypes types{};
+  cudaDataType_t type{};
   cublasLtHandle_t handle = nullptr;
   cudaStream_t stream = nullptr;
   cublasLtMatmulDesc_t desc = nullptr;
   std::unique_ptr<Layout> w_layout;  // w_c: [K, N] (transposed, then op T) or [N, K], ld w.stride(0)
-  at::Tensor workspace;              // [kWorkspaceBytes] bytes
+  void* workspace = nullptr;         // workspace_bytes bytes (workspace_for)
+  int64_t workspace_bytes = 0;
   mutable std::vector<Plan> plans;   // one per PlanKey met in this loop (usually one)
 
   ~Impl() {
@@ -116,11 +132,11 @@ struct LtStepGemm::Impl {
     }
     Plan plan;
     plan.key = key;
-    plan.a_layout = std::make_unique<Layout>(types.data, K, key.M, key.lda);
-    plan.out_layout = std::make_unique<Layout>(types.data, N, key.M, key.ldo);
+    plan.a_layout = std::make_unique<Layout>(type, K, key.M, key.lda);
+    plan.out_layout = std::make_unique<Layout>(type, N, key.M, key.ldo);
     cublasLtMatmulPreference_t preference = nullptr;
     check_lt(cublasLtMatmulPreferenceCreate(&preference), "MatmulPreferenceCreate");
-    const uint64_t workspace_bytes = kWorkspaceBytes;
+    const uint64_t max_workspace = static_cast<uint64_t>(workspace_bytes);
     const uint32_t align_w = alignment_of(w.data_ptr());
     // Split-k partial sums only in the compute type (float), never in the storage type.
     const uint32_t reductions = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
@@ -131,8 +147,8 @@ struct LtStepGemm::Impl {
         {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.align_out},
         {CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, reductions}};
     cublasStatus_t status = cublasLtMatmulPreferenceSetAttribute(
-        preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes,
-        sizeof(workspace_bytes));
+        preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &max_workspace,
+        sizeof(max_workspace));
     for (const auto& [attribute, value] : alignments) {
       if (status == CUBLAS_STATUS_SUCCESS) {
         status = cublasLtMatmulPreferenceSetAttribute(preference, attribute, &value, sizeof(value));
@@ -148,7 +164,7 @@ struct LtStepGemm::Impl {
     cublasLtMatmulPreferenceDestroy(preference);
     // No algorithm (CUBLAS_STATUS_NOT_SUPPORTED, or none returned): ATen's GEMM runs these.
     plan.found = status == CUBLAS_STATUS_SUCCESS && results > 0 &&
-                 static_cast<int64_t>(result.workspaceSize) <= kWorkspaceBytes;
+                 static_cast<int64_t>(result.workspaceSize) <= workspace_bytes;
     if (plan.found) plan.algo = result.algo;
     plans.push_back(std::move(plan));
     return plans.back();
@@ -159,8 +175,8 @@ LtStepGemm::LtStepGemm(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 LtStepGemm::~LtStepGemm() = default;
 
 std::unique_ptr<LtStepGemm> LtStepGemm::make(const at::Tensor& w, bool transposed) {
-  LtTypes types{};
-  if (!w.is_cuda() || w.dim() != 2 || !lt_types(w.scalar_type(), &types) || aten_requested()) {
+  cudaDataType_t type{};
+  if (!w.is_cuda() || w.dim() != 2 || !lt_data_type(w.scalar_type(), &type) || aten_requested()) {
     return nullptr;
   }
   auto impl = std::make_unique<Impl>();
@@ -168,18 +184,18 @@ std::unique_ptr<LtStepGemm> LtStepGemm::make(const at::Tensor& w, bool transpose
   impl->N = transposed ? w.size(0) : w.size(1);
   impl->K = transposed ? w.size(1) : w.size(0);
   if (impl->N == 0 || impl->K == 0) return nullptr;  // nothing, or zeros: ATen's GEMM
-  impl->types = types;
+  impl->type = type;
   impl->handle = at::cuda::getCurrentCUDABlasLtHandle();
   impl->stream = c10::cuda::getCurrentCUDAStream().stream();
-  check_lt(cublasLtMatmulDescCreate(&impl->desc, types.compute, types.scale), "MatmulDescCreate");
+  std::tie(impl->workspace, impl->workspace_bytes) = workspace_for(w, impl->stream);
+  check_lt(cublasLtMatmulDescCreate(&impl->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "MatmulDescCreate");
   const cublasOperation_t op_w = transposed ? CUBLAS_OP_T : CUBLAS_OP_N, op_a = CUBLAS_OP_N;
   check_lt(cublasLtMatmulDescSetAttribute(impl->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_w,
                                           sizeof(op_w)), "MatmulDescSetAttribute");
   check_lt(cublasLtMatmulDescSetAttribute(impl->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_a,
                                           sizeof(op_a)), "MatmulDescSetAttribute");
-  impl->w_layout = transposed ? std::make_unique<Layout>(types.data, impl->K, impl->N, w.stride(0))
-                              : std::make_unique<Layout>(types.data, impl->N, impl->K, w.stride(0));
-  impl->workspace = at::empty({kWorkspaceBytes}, w.options().dtype(at::kByte));
+  impl->w_layout = transposed ? std::make_unique<Layout>(type, impl->K, impl->N, w.stride(0))
+                              : std::make_unique<Layout>(type, impl->N, impl->K, w.stride(0));
   return std::unique_ptr<LtStepGemm>(new LtStepGemm(std::move(impl)));
 }
 
@@ -198,7 +214,7 @@ bool LtStepGemm::operator()(const at::Tensor& out, const at::Tensor& a, bool acc
   check_lt(cublasLtMatmul(impl.handle, impl.desc, &alpha, impl.w.data_ptr(), impl.w_layout->handle,
                           a.data_ptr(), plan.a_layout->handle, &beta, out.data_ptr(),
                           plan.out_layout->handle, out.data_ptr(), plan.out_layout->handle,
-                          &plan.algo, impl.workspace.data_ptr(), kWorkspaceBytes, impl.stream),
+                          &plan.algo, impl.workspace, impl.workspace_bytes, impl.stream),
            "Matmul");
   return true;
 }

@@ -3,14 +3,19 @@
 // Why not ATen's mm_out: a small recurrent GEMM is a few microseconds of GPU work, and
 // at::mm_out spends about as long on the host (dispatcher, checks, the cuBLAS handle and
 // workspace lookup, cuBLAS's own algorithm choice), so every step the GPU waited for the host.
-// Measured on an H200 (benchmarks/results/h200_gpu_check_e2603bb): the stepwise bf16 LSTM at
-// `mid` took 15 us a step, and 6.6 us replayed from a CUDA graph. Here the handle, the
-// descriptors and the algorithm are chosen once per loop (and operand alignment), and a step
-// costs one cublasLtMatmul call.
+// Here the handle, the descriptors and the algorithm are chosen once per loop (and operand
+// alignment), and a step costs one cublasLtMatmul call. Measured on an H200
+// (benchmarks/results/h200_gpu_check_c3d4ece, against FUSED_RNN_STEP_GEMM=aten in the same run):
+// bf16 stepwise LSTM and GRU went from 0.96-1.17x cuDNN to 1.10-1.39x at mid, deepbench_1024,
+// big_h and large_batch. (Replayed from a CUDA graph the same loop is 2-3.7x cuDNN: most of a
+// step is still the host's.)
 //
-// float32 (TF32 only where torch.backends.cuda.matmul allows it, as ATen), float16 and bfloat16
-// (float sums; split-k partial sums are added in float, never in the storage type). float64,
-// and every dtype when FUSED_RNN_STEP_GEMM=aten, keep ATen's GEMM.
+// float16 and bfloat16 only, with float sums whose split-k partial sums are added in float,
+// never in the storage type. float32 and float64 keep ATen's GEMM: in the same run float32
+// training (no TF32) at deepbench_1024 and big_h took 72 ms through cuBLASLt against 10 ms through
+// ATen (inference was even), so cuBLASLt's first-choice algorithm for the backward's
+// dh += d_pre [B, 4H] · W_hh was that slow; and a float32 step is less the host's.
+// FUSED_RNN_STEP_GEMM=aten sends every dtype to ATen's GEMM.
 #pragma once
 
 #include <ATen/ATen.h>

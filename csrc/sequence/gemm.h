@@ -1,8 +1,9 @@
 // The GEMMs inside the time loops (StepGemm), on row-major matrices whose rows may be strided
 // (views into wider buffers, e.g. one gate block of a [B, 3H] row), and the large products
-// outside them (linear). In the loops the product writes into the preallocated `out`: on CUDA
-// through cuBLASLt with its algorithm chosen once per loop (cuda/step_gemm_cublaslt.h), on a CPU
-// with AVX-512 our packed GEMM, elsewhere ATen's GEMM (MKL / OpenBLAS, cuBLAS for float64).
+// outside them (linear). In the loops the product writes into the preallocated `out`: for half
+// types on CUDA through cuBLASLt with its algorithm chosen once per loop
+// (cuda/step_gemm_cublaslt.h), for float on a CPU with AVX-512 our packed GEMM, elsewhere ATen's
+// GEMM (MKL / OpenBLAS, cuBLAS).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -28,8 +29,8 @@ constexpr int64_t kMinRowsToPack = 128;
 //   otherwise:  out [M, N] (+)= a [M, K] · w,  w [K, N]   (backward: d gates · W_hh)
 // Float on a CPU with AVX-512 and N % 16 == 0: w is packed once (cpu/packed_gemm.h) and each
 // step runs our GEMM on all threads (MKL runs its AVX2 code on AMD CPUs, at half the speed, and
-// repacks w every step). On CUDA cuBLASLt, set up once (cuda/step_gemm_cublaslt.h). Elsewhere,
-// and where cuBLASLt offers no algorithm, ATen's GEMM. The loops that the packed recurrence
+// repacks w every step). Half types on CUDA: cuBLASLt, set up once (cuda/step_gemm_cublaslt.h).
+// Elsewhere, and where cuBLASLt offers no algorithm, ATen's GEMM. The loops that the packed recurrence
 // (cpu/recurrence.h) cannot run use it: algo="stepwise", state dropout, LSTM projection and
 // the reset_before GRU. The transposed view of w is made once, not every step (on CUDA the
 // host's time per step bounds small steps).

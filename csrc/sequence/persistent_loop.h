@@ -23,22 +23,52 @@
 namespace fused_rnn {
 
 #ifdef FUSED_RNN_WITH_CUDA
+// Kernel variants chosen by an environment variable: "1" runs them wherever they fit, "0" never
+// (the grid kernel with FFMA runs instead), "require" raises where they do not fit, so that a
+// check of a variant (the smoke test, the sanitizers) cannot pass on another kernel unnoticed;
+// unset means `unset`. Read on every call: tests switch them with monkeypatch.
+//   FUSED_RNN_PERSISTENT_CLUSTER  the one-cluster forward (fused_rnn/persistent.h); experimental,
+//                                 off unless asked for
+//   FUSED_RNN_PERSISTENT_MMA      tensor cores for float16/bfloat16 (cuda/persistent_products.cuh);
+//                                 on by default
+enum class Experiment { kNo, kWhereItFits, kRequired };
+inline Experiment experiment_requested(const char* variable, Experiment unset = Experiment::kNo) {
+  const char* value = std::getenv(variable);
+  if (value == nullptr) return unset;
+  if (std::strcmp(value, "1") == 0) return Experiment::kWhereItFits;
+  if (std::strcmp(value, "require") == 0) return Experiment::kRequired;
+  return Experiment::kNo;
+}
+
+// Whether the persistent kernels multiply on tensor cores: half types, unless
+// FUSED_RNN_PERSISTENT_MMA=0 (plan_grid below falls back to FFMA where their plan does not fit).
+inline bool persistent_uses_tensor_cores(const Tensor& state) {
+  const bool half = state.scalar_type() == at::kHalf || state.scalar_type() == at::kBFloat16;
+  return half && experiment_requested("FUSED_RNN_PERSISTENT_MMA", Experiment::kWhereItFits) !=
+                     Experiment::kNo;
+}
+
 // Where `auto` takes the persistent CUDA kernel (if its plan then fits): while the multiply-adds
-// one block does per step, B * gates * units * H, stay at most this. Past it, one block's FFMA
-// from shared memory loses to the stepwise path's cuBLAS GEMM despite that path's two launches
-// a step. Measured on an H200 (benchmarks/results/h200_gpu_check_6b5bb7f, both algorithms in one
-// run; docs/persistent.md): persistent wins at small_batch (8k-33k), long_tiny (1k-4k), mid RNN
-// (131k) and GRU (393k: 17% faster forward, 3% slower training), and loses at mid LSTM (524k:
-// 17% slower forward in fp32, 22% slower training in bf16) and beyond (deepbench: 2-3x slower).
-// float32 and bf16 broke even at the same place, so one limit serves every dtype.
+// one block does per step, B * gates * units * H, stay at most these. Past them, one block's
+// products from shared memory lose to the stepwise path's GEMM despite that path's two launches
+// a step. Measured on an H200, both algorithms in one run (docs/persistent.md):
+//   FFMA (float32, float64; benchmarks/results/h200_gpu_check_6b5bb7f): persistent wins at
+//   small_batch (8k-33k), long_tiny (1k-4k), mid RNN (131k) and GRU (393k: 17% faster forward,
+//   3% slower training), and loses at mid LSTM (524k: 17% slower forward) and beyond.
+//   Tensor cores (bf16; h200_gpu_check_c3d4ece): persistent wins at mid LSTM (524k: 1.8x forward,
+//   1.4x training) and GRU (393k: 2x, 1.5x) and at deepbench_1024 GRU (1.57M: 10% forward, 4%
+//   training), and loses at deepbench_1024 LSTM (2.1M: 10% slower forward, 23% training) and
+//   large_batch (8.4M: 3-4x slower).
 constexpr int64_t kAutoPersistentMaxWork = 400 * 1000;
+constexpr int64_t kAutoPersistentMaxWorkTensorCores = 1800 * 1000;
 
 inline bool auto_picks_persistent_on_cuda(const Tensor& state, int64_t H, int64_t gates) {
   int multiprocessors = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount,
                                         state.device().index()));
   const int64_t work = state.size(0) * gates * persistent_units_per_block(H, multiprocessors) * H;
-  return work <= kAutoPersistentMaxWork;
+  return work <= (persistent_uses_tensor_cores(state) ? kAutoPersistentMaxWorkTensorCores
+                                                      : kAutoPersistentMaxWork);
 }
 #endif
 
@@ -89,23 +119,6 @@ inline bool persistent_allowed_now(Algo algo) {
   if (capture == cudaStreamCaptureStatusNone) return true;
   require_not_persistent(algo, "inside CUDA graph capture");
   return false;
-}
-
-// Kernel variants chosen by an environment variable: "1" runs them wherever they fit, "0" never
-// (the grid kernel with FFMA runs instead), "require" raises where they do not fit, so that a
-// check of a variant (the smoke test, the sanitizers) cannot pass on another kernel unnoticed;
-// unset means `unset`. Read on every call: tests switch them with monkeypatch.
-//   FUSED_RNN_PERSISTENT_CLUSTER  the one-cluster forward (fused_rnn/persistent.h); experimental,
-//                                 off unless asked for
-//   FUSED_RNN_PERSISTENT_MMA      tensor cores for float16/bfloat16 (cuda/persistent_products.cuh);
-//                                 on by default
-enum class Experiment { kNo, kWhereItFits, kRequired };
-inline Experiment experiment_requested(const char* variable, Experiment unset = Experiment::kNo) {
-  const char* value = std::getenv(variable);
-  if (value == nullptr) return unset;
-  if (std::strcmp(value, "1") == 0) return Experiment::kWhereItFits;
-  if (std::strcmp(value, "require") == 0) return Experiment::kRequired;
-  return Experiment::kNo;
 }
 
 // The grid kernel's plan from plan_for(tensor_cores): on tensor cores for float16/bfloat16
