@@ -2,6 +2,8 @@
 
     fused      fused_rnn's modules (LSTM, GRU, RNN, PeepholeLSTM): the thing being measured
     fused_stepwise, fused_persistent   the same with one recurrence algorithm forced
+    fused_stepwise_graphs   the stepwise loop with its forward replayed from CUDA graphs that
+               the op captures itself (FUSED_RNN_STEPWISE_GRAPHS=1; opt-in, CUDA)
     fused_graphed   the fused module replayed from CUDA graphs (the stepwise time loop with no
                launch overhead; the persistent kernel cannot be captured, so auto runs stepwise)
     torch.nn   torch.nn.LSTM/GRU/RNN: cuDNN on CUDA, ATen's native kernels on the CPU
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -189,6 +192,36 @@ class Fused(Contender):
         return None
 
 
+class FusedStepwiseGraphs(Fused):
+    """The stepwise loop whose forward replays a CUDA graph captured inside the op
+    (csrc/sequence/graphed_loop.h): FUSED_RNN_STEPWISE_GRAPHS=1 around each forward call, so
+    that the other contenders of the same run keep the eager loop."""
+    variable = "FUSED_RNN_STEPWISE_GRAPHS"
+
+    def __init__(self):
+        super().__init__("stepwise")
+        self.name = "fused_stepwise_graphs"
+
+    def build(self, case: Case) -> Built:
+        if case.device.type != "cuda":
+            raise Skip("n/a", "CUDA graphs need a CUDA device")
+        built = super().build(case)
+        eager_forward = built.forward
+
+        def forward(x: Tensor) -> Tensor:
+            previous = os.environ.get(self.variable)
+            os.environ[self.variable] = "1"
+            try:
+                return eager_forward(x)
+            finally:
+                if previous is None:
+                    del os.environ[self.variable]
+                else:
+                    os.environ[self.variable] = previous
+        return Built(forward, built.parameters, built.impl + " with FUSED_RNN_STEPWISE_GRAPHS=1",
+                     built.modules)
+
+
 class _FirstOutput(nn.Module):
     """module(x)[0]: the output sequence alone, the one tensor make_graphed_callables returns."""
 
@@ -343,12 +376,13 @@ class Compiled(Contender):
         return _from_sequence(case, sequence, f"torch.compile({loops.STEPS[case.cell.name].__name__}) in a Python loop")
 
 
-ORDER = ["fused", "fused_stepwise", "fused_persistent", "fused_graphed", "torch.nn", "reference",
-         "compiled"]
+ORDER = ["fused", "fused_stepwise", "fused_stepwise_graphs", "fused_persistent", "fused_graphed",
+         "torch.nn", "reference", "compiled"]
 
 
 def make_contenders(names: List[str], compile_timeout: Optional[float]) -> List[Contender]:
     available = {"fused": Fused(), "fused_stepwise": Fused("stepwise"),
+                 "fused_stepwise_graphs": FusedStepwiseGraphs(),
                  "fused_persistent": Fused("persistent"), "fused_graphed": FusedGraphed(),
                  "torch.nn": TorchNN(),
                  "reference": Reference(), "compiled": Compiled(compile_timeout)}

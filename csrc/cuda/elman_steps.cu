@@ -4,5 +4,6 @@
 #include "persistent.cuh"
 
 FUSED_RNN_INSTANTIATE_CUDA_STEP(ElmanForwardStep)
+FUSED_RNN_INSTANTIATE_CUDA_STEP_FROM_DEVICE(ElmanForwardStep)
 FUSED_RNN_INSTANTIATE_CUDA_STEP(ElmanBackwardStep)
 FUSED_RNN_INSTANTIATE_PERSISTENT(ElmanForwardStep, ElmanBackwardStep)

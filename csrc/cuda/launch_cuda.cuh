@@ -33,6 +33,31 @@ void launch_cuda(const Step& step, int64_t rows, int64_t cols) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// The same, with the step's struct read from device memory (`step`, one struct): a CUDA graph
+// replays the launch unchanged while each call writes its own struct there
+// (sequence/graphed_loop.h). Every thread reads the same struct: one broadcast load.
+template <class Step>
+__global__ void step_kernel_from_device(const Step* step, int32_t count, int32_t cols) {
+  const Step own = *step;
+  for (int32_t idx = blockIdx.x * blockDim.x + threadIdx.x; idx < count;
+       idx += gridDim.x * blockDim.x) {
+    own(idx / cols, idx % cols);
+  }
+}
+
+template <class Step>
+void launch_cuda_from_device(const Step* step, int64_t rows, int64_t cols) {
+  const int64_t count = rows * cols;
+  TORCH_CHECK(count < (int64_t{1} << 31), message("fused_rnn: B * hidden_size = ", count,
+                                                  " is too large for one step (limit 2^31)"));
+  constexpr int kThreads = 256;
+  const int64_t blocks = std::min<int64_t>((count + kThreads - 1) / kThreads, 1 << 16);
+  step_kernel_from_device<<<static_cast<unsigned>(blocks), kThreads, 0,
+                            at::cuda::getCurrentCUDAStream()>>>(step, static_cast<int32_t>(count),
+                                                                static_cast<int32_t>(cols));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 }  // namespace fused_rnn
 
 // Instantiates the launcher of one step template for every supported storage type.
@@ -43,3 +68,14 @@ void launch_cuda(const Step& step, int64_t rows, int64_t cols) {
                                        int64_t);                                                 \
   template void fused_rnn::launch_cuda(const fused_rnn::StepTemplate<c10::BFloat16>&, int64_t,   \
                                        int64_t);
+
+// The same for launch_cuda_from_device (the forward steps that sequence/graphed_loop.h replays).
+#define FUSED_RNN_INSTANTIATE_CUDA_STEP_FROM_DEVICE(StepTemplate)                                  \
+  template void fused_rnn::launch_cuda_from_device(const fused_rnn::StepTemplate<float>*, int64_t, \
+                                                   int64_t);                                       \
+  template void fused_rnn::launch_cuda_from_device(const fused_rnn::StepTemplate<double>*,         \
+                                                   int64_t, int64_t);                              \
+  template void fused_rnn::launch_cuda_from_device(const fused_rnn::StepTemplate<c10::Half>*,      \
+                                                   int64_t, int64_t);                              \
+  template void fused_rnn::launch_cuda_from_device(const fused_rnn::StepTemplate<c10::BFloat16>*,  \
+                                                   int64_t, int64_t);

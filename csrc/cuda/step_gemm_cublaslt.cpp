@@ -115,10 +115,9 @@ struct LtStepGemm::Impl {
   int64_t N = 0, K = 0;
   cudaDataType_t type{};
   cublasLtHandle_t handle = nullptr;
-  cudaStream_t stream = nullptr;
   cublasLtMatmulDesc_t desc = nullptr;
   std::unique_ptr<Layout> w_layout;  // w_c: [K, N] (transposed, then op T) or [N, K], ld w.stride(0)
-  void* workspace = nullptr;         // workspace_bytes bytes (workspace_for)
+  void* workspace = nullptr;         // workspace_bytes bytes: the stream current at make()'s
   int64_t workspace_bytes = 0;
   mutable std::vector<Plan> plans;   // one per PlanKey met in this loop (usually one)
 
@@ -186,8 +185,8 @@ std::unique_ptr<LtStepGemm> LtStepGemm::make(const at::Tensor& w, bool transpose
   if (impl->N == 0 || impl->K == 0) return nullptr;  // nothing, or zeros: ATen's GEMM
   impl->type = type;
   impl->handle = at::cuda::getCurrentCUDABlasLtHandle();
-  impl->stream = c10::cuda::getCurrentCUDAStream().stream();
-  std::tie(impl->workspace, impl->workspace_bytes) = workspace_for(w, impl->stream);
+  std::tie(impl->workspace, impl->workspace_bytes) =
+      workspace_for(w, c10::cuda::getCurrentCUDAStream().stream());
   check_lt(cublasLtMatmulDescCreate(&impl->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "MatmulDescCreate");
   const cublasOperation_t op_w = transposed ? CUBLAS_OP_T : CUBLAS_OP_N, op_a = CUBLAS_OP_N;
   check_lt(cublasLtMatmulDescSetAttribute(impl->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_w,
@@ -214,7 +213,8 @@ bool LtStepGemm::operator()(const at::Tensor& out, const at::Tensor& a, bool acc
   check_lt(cublasLtMatmul(impl.handle, impl.desc, &alpha, impl.w.data_ptr(), impl.w_layout->handle,
                           a.data_ptr(), plan.a_layout->handle, &beta, out.data_ptr(),
                           plan.out_layout->handle, out.data_ptr(), plan.out_layout->handle,
-                          &plan.algo, impl.workspace, impl.workspace_bytes, impl.stream),
+                          &plan.algo, impl.workspace, impl.workspace_bytes,
+                          c10::cuda::getCurrentCUDAStream().stream()),
            "Matmul");
   return true;
 }

@@ -31,9 +31,10 @@ class LtStepGemm {
   static std::unique_ptr<LtStepGemm> make(const at::Tensor& w, bool transposed);
   ~LtStepGemm();
 
-  // out [M, N] (+)= a [M, K] · op(w), rows of a and out strided, on the stream current at
-  // make(). Returns false, having done nothing, where cuBLASLt offers no algorithm for these
-  // operands: the caller runs ATen's GEMM then.
+  // out [M, N] (+)= a [M, K] · op(w), rows of a and out strided, on the current stream (a graph
+  // capture's, for sequence/graphed_loop.h, whose replay runs on the stream current at make(),
+  // the workspace's). Returns false, having done nothing, where cuBLASLt offers no algorithm for
+  // these operands: the caller runs ATen's GEMM then.
   bool operator()(const at::Tensor& out, const at::Tensor& a, bool accumulate) const;
 
  private:

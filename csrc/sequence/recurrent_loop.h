@@ -4,7 +4,9 @@
 //   persistent: on CUDA one cooperative kernel for the whole loop (persistent_loop.h); on a CPU
 //               with AVX-512 (float, sizes multiples of 16) the packed, threaded recurrence
 //               (csrc/cpu/recurrence.h);
-//   stepwise:   one ATen GEMM and one launch_step per time step, for everything else.
+//   stepwise:   one GEMM (gemm.h StepGemm) and one launch_step per time step, for everything
+//               else; on CUDA with FUSED_RNN_STEPWISE_GRAPHS=1 the forward is replayed from a
+//               CUDA graph (graphed_loop.h; opt-in, not yet run on a GPU).
 #pragma once
 
 #include <algorithm>
@@ -15,6 +17,7 @@
 #include "common.h"
 #include "fused_rnn/launch.h"
 #include "gemm.h"
+#include "graphed_loop.h"
 #include "persistent_loop.h"
 
 namespace fused_rnn {
@@ -55,6 +58,8 @@ void forward_loop(int64_t T, bool reverse, int64_t gates, const Tensor& h, const
   if (persistent && h.is_cuda() && persistent_forward(algo, T, reverse, gates, h, w, hh, step_at)) {
     return;
   }
+  // The stepwise loop from a captured CUDA graph (opt-in, graphed_loop.h).
+  if (graphed_forward(T, reverse, h, w, H, dropout, step_at)) return;
 #endif
   if constexpr (std::is_same_v<typename Step::scalar_type, float>) {
     if (persistent && h.is_cpu()) {
