@@ -1,6 +1,6 @@
-"""The stepwise CUDA forward loop replayed from a graph captured inside the op
-(FUSED_RNN_STEPWISE_GRAPHS=1, csrc/sequence/graphed_loop.h) against the eager loop: every cell
-whose forward it serves, bfloat16 and float16 (float32 keeps the eager loop), lengths and
+"""The stepwise CUDA loops, forward and backward, replayed from graphs captured inside the ops
+(FUSED_RNN_STEPWISE_GRAPHS=1, csrc/sequence/graphed_loop.h) against the eager loops: every cell
+they serve, bfloat16 and float16 (float32 keeps the eager loop), lengths and
 reverse, forward and backward, and calls after the first (new inputs through the same captured
 graph)."""
 import pytest
@@ -64,42 +64,48 @@ def test_graphed_forward_matches_eager(cell, bidirectional, dtype, monkeypatch):
                 assert _relative_error(ours, theirs) < TOLERANCE[dtype], (call, kind, i)
 
 
-def _launches(module, x):
-    """(kernel launches, graph launches) of one inference forward, from the profiler's runtime
-    events."""
+def _launches(module, x, training):
+    """(kernel launches, graph launches) of one forward (training: and backward), from the
+    profiler's runtime events."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
                                             torch.profiler.ProfilerActivity.CUDA]) as prof:
-        with torch.no_grad():
-            module(x)
+        if training:
+            module(x.requires_grad_())[0].float().sum().backward()
+        else:
+            with torch.no_grad():
+                module(x)
         torch.cuda.synchronize()
     names = [event.name for event in prof.events()]
-    return (sum(name.startswith("cudaLaunchKernel") for name in names),
+    # cudaLaunchKernel(ExC), and cuLaunchKernel(Ex) where cuBLAS launches through the driver.
+    return (sum("LaunchKernel" in name for name in names),
             sum(name.startswith("cudaGraphLaunch") for name in names))
 
 
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
 @pytest.mark.parametrize("dtype, graphed", [(torch.bfloat16, True), (torch.float32, False)],
                          ids=["bf16", "fp32_stays_eager"])
-def test_replays_instead_of_launching_per_step(dtype, graphed, monkeypatch):
-    """After the capturing call, a bfloat16 forward launches one graph and no kernel per step;
-    float32 keeps launching two kernels a step."""
+def test_replays_instead_of_launching_per_step(dtype, graphed, training, monkeypatch):
+    """After the capturing call, a bfloat16 forward (and backward) launches one graph each and
+    fewer kernels than it has steps (the projections, weight gradients and copies around the
+    loop); float32 keeps launching two kernels a step."""
     torch.manual_seed(32)
-    steps = 12
+    steps = 40
     module = fused_rnn.GRU(8, 32, algo="stepwise").to(device="cuda", dtype=dtype)
     x = torch.randn(steps, 4, 8, device="cuda", dtype=dtype)
     _set_graphs(monkeypatch, False)
-    eager_kernels, _ = _launches(module, x)
-    assert eager_kernels >= steps
+    eager_kernels, _ = _launches(module, x.clone(), training)
+    assert eager_kernels >= (2 if training else 1) * steps  # at least the step kernels
     _set_graphs(monkeypatch, True)
-    _launches(module, x)  # captures
-    kernels, graphs = _launches(module, x)
+    _launches(module, x.clone(), training)  # captures
+    kernels, graphs = _launches(module, x.clone(), training)
     if graphed:
-        assert graphs == 1 and kernels < steps, (kernels, graphs)
+        assert graphs == (2 if training else 1) and kernels < steps, (kernels, graphs)
     else:
-        assert graphs == 0 and kernels == eager_kernels, (kernels, graphs)
+        assert graphs == 0 and kernels >= (2 if training else 1) * steps, (kernels, graphs)
 
 
 def test_more_shapes_than_the_cache_holds(monkeypatch):
-    """Twelve sequence lengths (the cache keeps 8 captured loops a step type): every call right."""
+    """Twelve sequence lengths (the cache keeps 4 captured loops a step type): every call right."""
     torch.manual_seed(33)
     module = fused_rnn.LSTM(4, 16, algo="stepwise").to(device="cuda", dtype=torch.bfloat16)
     for steps in list(range(2, 14)) + [2, 3]:

@@ -69,7 +69,7 @@ void launch_cuda_from_device(const Step* step, int64_t rows, int64_t cols) {
   template void fused_rnn::launch_cuda(const fused_rnn::StepTemplate<c10::BFloat16>&, int64_t,   \
                                        int64_t);
 
-// The same for launch_cuda_from_device (the forward steps that sequence/graphed_loop.h replays).
+// The same for launch_cuda_from_device (the steps that sequence/graphed_loop.h replays).
 #define FUSED_RNN_INSTANTIATE_CUDA_STEP_FROM_DEVICE(StepTemplate)                                  \
   template void fused_rnn::launch_cuda_from_device(const fused_rnn::StepTemplate<float>*, int64_t, \
                                                    int64_t);                                       \

@@ -1,24 +1,24 @@
-// The stepwise CUDA forward loop replayed from a CUDA graph, captured once per shape and W_hh.
+// The stepwise CUDA loops replayed from CUDA graphs, captured once per shape and W_hh.
 //
 // Why: on an H200 the eager bf16 stepwise loop is host-bound. Replayed from a graph by the
 // benchmark (torch.cuda.make_graphed_callables around the module) the same loop ran 2-3.7x
 // cuDNN at mid, deepbench_1024, big_h and large_batch against 1.10-1.39x eager
-// (benchmarks/results/h200_gpu_check_c3d4ece). This does it inside the op, for every caller.
+// (benchmarks/results/h200_gpu_check_c3d4ece). This does it inside the ops, for every caller.
 //
 // OPT-IN and NOT YET RUN ON A GPU: only with FUSED_RNN_STEPWISE_GRAPHS=1 (compiled for sm_80 and
 // sm_90; tests/test_cuda_graphed_loop.py and tools/gpu_check.sh check it where there is a GPU).
 // float16 and bfloat16 only: their GEMM is cuBLASLt with a workspace that outlives every graph
 // (cuda/step_gemm_cublaslt.h), while ATen's GEMM (float32) would take its workspace for the
-// capture stream from the graph's own pool, freed with the graph. Forward only; the backward loop
-// stays eager (its GEMMs read d_pre[t], a per-call buffer).
+// capture stream from the graph's own pool, freed with the graph.
 //
 // How: a graph's launches have fixed arguments, so what changes between calls goes through
-// device memory. The captured loop owns the state h [B, P] and hh [B, N] that its GEMMs read and
-// write, and a buffer of T step structs; each step kernel reads its struct from that buffer
-// (launch_cuda_from_device). A call writes its structs (pointing at its own x_proj, outputs,
-// saved gates and lengths, and at the loop's h and hh) into the buffer, copies h_0 in, replays,
-// and copies h_T out, all on its stream. W_hh is read where the capture found it: the key holds
-// its address, and at replay that address holds the calling op's W_hh.
+// device memory. A captured loop owns the buffers its GEMMs read and write (forward: the state h
+// [B, P] and hh [B, N]; backward: dh [B, P] and d_pre [T, B, N]) and a buffer of T step structs,
+// which its step kernels read (launch_cuda_from_device). A call writes its structs, pointed at
+// its own inputs and outputs and at the loop's buffers, copies the state in,
+// replays, and copies the state (backward: and d_pre) out, all on its stream. W_hh is read where
+// the capture found it: the key holds its address, and at replay that address holds the calling
+// op's W_hh.
 #pragma once
 
 #ifdef FUSED_RNN_WITH_CUDA
@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "common.h"
+#include "fused_rnn/cell_steps.h"
 #include "fused_rnn/launch.h"
 #include "gemm.h"
 
@@ -48,31 +49,47 @@ inline bool stepwise_graphs_requested() {
   return value != nullptr && std::strcmp(value, "1") == 0;
 }
 
+// A step struct pointed at a captured loop's buffers. Forward (every forward step has h and hh):
+// the state it updates and the hh it reads.
+template <class Step, typename T>
+void point_forward_at_loop(Step& step, T* h, T* hh) {
+  step.h = h;
+  step.hh = hh;
+}
+// Backward: the dh it updates and its row of d_pre, what the GEMM multiplies (named per cell).
+template <typename T>
+T*& d_pre_of(ElmanBackwardStep<T>& step) { return step.d_a; }
+template <typename T>
+T*& d_pre_of(LstmBackwardStep<T>& step) { return step.d_gates; }
+template <typename T>
+T*& d_pre_of(GruBackwardStep<T>& step) { return step.d_hh; }
+
 // What a captured loop's launches depend on, besides the step structs of the call.
 struct CapturedLoopKey {
   int device;
-  cudaStream_t stream;   // the stream it replays on (its buffers are ordered on it)
-  int64_t T, B, P, H, N;  // steps, batch, state width, step columns, hh columns
+  cudaStream_t stream;    // the stream it replays on (its buffers are ordered on it)
+  int64_t T, B, P, H, N;  // steps, batch, state width, step columns, product columns
+  bool reverse;           // backward: which d_pre row each step's GEMM reads
   const void* w;          // W_hh [N, P], row stride w_stride
   int64_t w_stride;
   bool operator==(const CapturedLoopKey& o) const {
     return device == o.device && stream == o.stream && T == o.T && B == o.B && P == o.P &&
-           H == o.H && N == o.N && w == o.w && w_stride == o.w_stride;
+           H == o.H && N == o.N && reverse == o.reverse && w == o.w && w_stride == o.w_stride;
   }
 };
 
 struct CapturedLoop {
   CapturedLoopKey key;
   std::unique_ptr<at::cuda::CUDAGraph> graph;
-  Tensor h;             // [B, P] the state its GEMMs read and its steps update
-  Tensor hh;            // [B, N] W_hh h
-  Tensor steps;         // [T * sizeof(Step)] bytes: the replaying call's step structs
+  Tensor state;    // [B, P] forward h, backward dh
+  Tensor product;  // forward hh [B, N]; backward d_pre [T, B, N]
+  Tensor steps;    // [T * sizeof(Step)] bytes: the replaying call's step structs, in loop order
   uint64_t last_use = 0;
 };
 
-// Each captured loop holds its buffers and its graph's memory: at most this many per step type,
-// the least recently used one replaced.
-constexpr size_t kMaxCapturedLoops = 8;
+// Each captured loop holds its buffers and its graph's memory (a backward's d_pre is as large as
+// the saved gates): at most this many per step type, the least recently used one replaced.
+constexpr size_t kMaxCapturedLoops = 4;
 
 // The captured loops of one step type. Never destroyed (like the cuBLAS handles): at exit the
 // CUDA allocator their graphs would return memory to may be gone.
@@ -87,38 +104,38 @@ struct CapturedLoops {
     return *loops;
   }
 
-  CapturedLoop* find(const CapturedLoopKey& key) {
+  // The loop for `key`, captured by capture_steps(loop, gemm) on its first use: gemm is made on
+  // the replay stream (so that cuBLASLt's workspace is that stream's), the launches are
+  // captured on a side stream (graphs cannot capture the default stream).
+  template <class Capture>
+  CapturedLoop* find_or_capture(const CapturedLoopKey& key, const Tensor& state, const Tensor& w,
+                                bool transposed, const std::vector<int64_t>& product_sizes,
+                                const Capture& capture_steps) {
     for (const auto& loop : loops) {
-      if (loop->key == key) return loop.get();
+      if (loop->key == key) return touch(loop.get());
     }
-    return nullptr;
-  }
-
-  // Captures gemm + step for s = 0 .. T-1 on a side stream (graphs cannot capture the default
-  // stream); replays then run on key.stream, the current stream here.
-  CapturedLoop* capture(const CapturedLoopKey& key, const Tensor& h, const Tensor& w) {
     if (loops.size() >= kMaxCapturedLoops) evict_least_recent();
     auto loop = std::make_unique<CapturedLoop>();
     loop->key = key;
-    loop->h = at::empty({key.B, key.P}, h.options());
-    loop->hh = at::empty({key.B, key.N}, h.options());
+    loop->state = at::empty({key.B, key.P}, state.options());
+    loop->product = at::empty(product_sizes, state.options());
     loop->steps = at::empty({key.T * static_cast<int64_t>(sizeof(Step))},
-                            h.options().dtype(at::kByte));
-    // Made on the replay stream, so that cuBLASLt's workspace is that stream's.
-    const StepGemm recurrent(w, /*transposed=*/true, key.T * key.B);
-    const Step* steps = static_cast<const Step*>(loop->steps.data_ptr());
+                            state.options().dtype(at::kByte));
+    const StepGemm gemm(w, transposed, key.T * key.B);
     loop->graph = std::make_unique<at::cuda::CUDAGraph>();
     {
       const c10::cuda::CUDAStreamGuard side(c10::cuda::getStreamFromPool());
       loop->graph->capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
-      for (int64_t s = 0; s < key.T; ++s) {
-        recurrent(loop->hh, loop->h, /*accumulate=*/false);
-        launch_cuda_from_device(steps + s, key.B, key.H);
-      }
+      capture_steps(*loop, static_cast<const Step*>(loop->steps.data_ptr()), gemm);
       loop->graph->capture_end();
     }
     loops.push_back(std::move(loop));
-    return loops.back().get();
+    return touch(loops.back().get());
+  }
+
+  CapturedLoop* touch(CapturedLoop* loop) {
+    loop->last_use = ++uses;
+    return loop;
   }
 
   void evict_least_recent() {
@@ -132,52 +149,115 @@ struct CapturedLoops {
   }
 };
 
-// The stepwise forward loop of recurrent_loop.h (hh = h · W_hhᵀ, then step_at(t), for each step)
-// replayed from a captured graph, where FUSED_RNN_STEPWISE_GRAPHS=1 asks for it and nothing
-// rules it out: not CUDA, not a half type, state dropout (its masked copy of h is made per
-// step), fewer than 2 steps, or a capture already running on this stream (the caller's own
-// graph). Returns whether it ran. h [B, P] (h_0 in, h_T out); w [N, P]; the step writes H columns a row.
+// Whether a stepwise loop of T steps on `state` [B, P] runs from a graph: where
+// FUSED_RNN_STEPWISE_GRAPHS=1 asks for it and nothing rules it out: not CUDA, not a half type,
+// state dropout (its masked copy of the state is made per step), fewer than 2 steps, or a
+// capture already running on this stream (the caller's own graph).
+template <typename scalar_t>
+bool use_graphed_loop(int64_t T, const Tensor& state, const StateDropout& dropout) {
+  constexpr bool half = std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>;
+  if (!half || !state.is_cuda() || !stepwise_graphs_requested() || dropout.active() || T < 2 ||
+      state.size(0) == 0) {
+    return false;
+  }
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(c10::cuda::getCurrentCUDAStream().stream(), &status));
+  return status == cudaStreamCaptureStatusNone;
+}
+
+// The structs `steps` (loop order) into the loop's buffer, from pinned memory (the caching host
+// allocator keeps it alive until the copy has run), on the current stream.
+template <class Step>
+void upload_steps(const std::vector<Step>& steps, const CapturedLoop& loop) {
+  static_assert(std::is_trivially_copyable_v<Step>, "a step must be a plain struct");
+  const int64_t bytes = static_cast<int64_t>(steps.size() * sizeof(Step));
+  Tensor host = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  std::memcpy(host.data_ptr(), steps.data(), bytes);
+  loop.steps.copy_(host, /*non_blocking=*/true);
+}
+
+inline CapturedLoopKey captured_loop_key(int64_t T, const Tensor& state, int64_t H, int64_t N,
+                                         bool reverse, const Tensor& w) {
+  return {static_cast<int>(state.device().index()), c10::cuda::getCurrentCUDAStream().stream(),
+          T, state.size(0), state.size(1), H, N, reverse, w.data_ptr(), w.stride(0)};
+}
+
+// forward_loop's stepwise CUDA loop (hh = h · W_hhᵀ, then step_at(t)) from a graph; returns
+// whether it ran (use_graphed_loop). h [B, P] (h_0 in, h_T out); w [N, P]; a step writes H
+// columns a row.
 template <class StepAt>
 bool graphed_forward(int64_t T, bool reverse, const Tensor& h, const Tensor& w, int64_t H,
                      const StateDropout& dropout, const StepAt& step_at) {
   using Step = decltype(step_at(int64_t{0}));
   using scalar_t = typename Step::scalar_type;
-  static_assert(std::is_trivially_copyable_v<Step>, "a step must be a plain struct");
-  constexpr bool half = std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>;
-  if (!half || !h.is_cuda() || !stepwise_graphs_requested() || dropout.active() || T < 2 ||
-      h.size(0) == 0) {
-    return false;
-  }
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
-  if (status != cudaStreamCaptureStatusNone) return false;
-
-  const CapturedLoopKey key{static_cast<int>(h.device().index()), stream, T, h.size(0), h.size(1),
-                            H, w.size(0), w.data_ptr(), w.stride(0)};
+  if (!use_graphed_loop<scalar_t>(T, h, dropout)) return false;
+  const int64_t B = h.size(0), N = w.size(0);
+  // Loop order does not depend on `reverse` here: step s reads the struct at s, whichever time
+  // it is for. So both directions share a captured loop.
+  const CapturedLoopKey key = captured_loop_key(T, h, H, N, /*reverse=*/false, w);
   CapturedLoops<Step>& cache = CapturedLoops<Step>::instance();
   const std::lock_guard<std::mutex> lock(cache.mutex);
-  CapturedLoop* loop = cache.find(key);
-  if (loop == nullptr) loop = cache.capture(key, h, w);
-  loop->last_use = ++cache.uses;
-
-  // This call's structs, pointed at the loop's state and hh, into the loop's buffer (from
-  // pinned memory: the caching host allocator keeps it alive until the copy has run).
+  CapturedLoop* loop = cache.find_or_capture(
+      key, h, w, /*transposed=*/true, {B, N},
+      [&](const CapturedLoop& captured, const Step* steps, const StepGemm& gemm) {
+        for (int64_t s = 0; s < T; ++s) {
+          gemm(captured.product, captured.state, /*accumulate=*/false);
+          launch_cuda_from_device(steps + s, B, H);
+        }
+      });
   std::vector<Step> steps;
   steps.reserve(T);
   for (int64_t s = 0; s < T; ++s) {
     Step step = step_at(time_at(s, T, reverse));
-    step.h = loop->h.template data_ptr<scalar_t>();
-    step.hh = loop->hh.template data_ptr<scalar_t>();
+    point_forward_at_loop(step, loop->state.template data_ptr<scalar_t>(),
+                          loop->product.template data_ptr<scalar_t>());
     steps.push_back(step);
   }
-  const int64_t bytes = T * static_cast<int64_t>(sizeof(Step));
-  Tensor host = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
-  std::memcpy(host.data_ptr(), steps.data(), bytes);
-  loop->steps.copy_(host, /*non_blocking=*/true);
-  loop->h.copy_(h);
+  upload_steps(steps, *loop);
+  loop->state.copy_(h);
   loop->graph->replay();
-  h.copy_(loop->h);
+  h.copy_(loop->state);
+  return true;
+}
+
+// backward_loop's stepwise CUDA loop (step_at(t), then dh += d_pre[t] · W_hh, for t from the
+// last step back) from a graph; returns whether it ran (use_graphed_loop). dh [B, P] (in: d h_T,
+// out: d h_0); d_pre [T, B, N], written by the steps; w [N, P]; a step writes H columns a row.
+template <class StepAt>
+bool graphed_backward(int64_t T, bool reverse, const Tensor& dh, const Tensor& d_pre,
+                      const Tensor& w, int64_t H, const StateDropout& dropout,
+                      const StepAt& step_at) {
+  using Step = decltype(step_at(int64_t{0}));
+  using scalar_t = typename Step::scalar_type;
+  if (!use_graphed_loop<scalar_t>(T, dh, dropout)) return false;
+  const int64_t B = dh.size(0), N = w.size(0);
+  // The GEMM of loop position i reads d_pre row t(i), which depends on `reverse`.
+  const CapturedLoopKey key = captured_loop_key(T, dh, H, N, reverse, w);
+  auto t_of = [&](int64_t i) { return time_at(T - 1 - i, T, reverse); };
+  CapturedLoops<Step>& cache = CapturedLoops<Step>::instance();
+  const std::lock_guard<std::mutex> lock(cache.mutex);
+  CapturedLoop* loop = cache.find_or_capture(
+      key, dh, w, /*transposed=*/false, {T, B, N},
+      [&](const CapturedLoop& captured, const Step* steps, const StepGemm& gemm) {
+        for (int64_t i = 0; i < T; ++i) {
+          launch_cuda_from_device(steps + i, B, H);
+          gemm(captured.state, captured.product.select(0, t_of(i)), /*accumulate=*/true);
+        }
+      });
+  std::vector<Step> steps;
+  steps.reserve(T);
+  for (int64_t i = 0; i < T; ++i) {
+    const int64_t t = t_of(i);
+    Step step = step_at(t);
+    step.dh = loop->state.template data_ptr<scalar_t>();
+    d_pre_of(step) = loop->product.template data_ptr<scalar_t>() + t * B * N;
+    steps.push_back(step);
+  }
+  upload_steps(steps, *loop);
+  loop->state.copy_(dh);
+  loop->graph->replay();
+  dh.copy_(loop->state);
+  d_pre.copy_(loop->product);
   return true;
 }
 

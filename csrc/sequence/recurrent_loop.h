@@ -5,8 +5,8 @@
 //               with AVX-512 (float, sizes multiples of 16) the packed, threaded recurrence
 //               (csrc/cpu/recurrence.h);
 //   stepwise:   one GEMM (gemm.h StepGemm) and one launch_step per time step, for everything
-//               else; on CUDA with FUSED_RNN_STEPWISE_GRAPHS=1 the forward is replayed from a
-//               CUDA graph (graphed_loop.h; opt-in, not yet run on a GPU).
+//               else; on CUDA with FUSED_RNN_STEPWISE_GRAPHS=1 both loops are replayed from
+//               CUDA graphs (graphed_loop.h; opt-in, not yet run on a GPU).
 #pragma once
 
 #include <algorithm>
@@ -131,6 +131,8 @@ void backward_loop(int64_t T, bool reverse, int64_t gates, const Tensor& dh, con
       persistent_backward(algo, T, reverse, gates, dh, d_pre, w, step_at)) {
     return;
   }
+  // The stepwise loop from a captured CUDA graph (opt-in, graphed_loop.h).
+  if (graphed_backward(T, reverse, dh, d_pre, w, H, dropout, step_at)) return;
 #endif
   if constexpr (std::is_same_v<typename Step::scalar_type, float>) {
     if (persistent && dh.is_cpu()) {

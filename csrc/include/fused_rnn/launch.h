@@ -61,7 +61,7 @@ void launch_cpu(const Step& step, int64_t rows, int64_t cols) {
 #ifdef FUSED_RNN_WITH_CUDA
 template <class Step>
 void launch_cuda(const Step& step, int64_t rows, int64_t cols);
-// The step's struct at `step` in device memory (for CUDA graphs; forward steps only).
+// The step's struct at `step` in device memory (for CUDA graphs: sequence/graphed_loop.h).
 template <class Step>
 void launch_cuda_from_device(const Step* step, int64_t rows, int64_t cols);
 #endif
