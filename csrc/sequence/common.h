@@ -6,7 +6,9 @@
 #include <c10/util/Optional.h>
 
 #include <cstdint>
+#include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "fused_rnn/check_message.h"
@@ -127,6 +129,18 @@ class StateDropout {
   Tensor dropped_;  // [B, P] h ⊙ mask
   Tensor grad_;     // [B, P] d_pre · w, before the mask
 };
+
+// The bytes of `items` (plain structs: the steps a CUDA kernel reads from device memory) in
+// pinned host memory, for an asynchronous copy to the device; the caching host allocator keeps
+// the buffer alive until that copy has run.
+template <class Item>
+Tensor pinned_copy(const std::vector<Item>& items) {
+  static_assert(std::is_trivially_copyable_v<Item>, "a step must be a plain struct");
+  const int64_t bytes = static_cast<int64_t>(items.size() * sizeof(Item));
+  Tensor host = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  std::memcpy(host.data_ptr(), items.data(), bytes);
+  return host;
+}
 
 // A sequence-sized buffer (at::empty; on the CPU, large ones are reused: cpu/buffer_pool.h).
 Tensor sequence_buffer(at::IntArrayRef sizes, const at::TensorOptions& options);

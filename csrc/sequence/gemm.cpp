@@ -22,10 +22,9 @@ void check_rows(const at::Tensor& t, const char* name) {
                                 t.sizes(), " strides ", t.strides()));
 }
 
-// out [M, N] (+)= a [M, K] · rhs [K, N] through ATen (rhs may be a transposed view).
+// out [M, N] (+)= a [M, K] · rhs [K, N] through ATen (rhs may be a transposed view); out and a
+// checked by the caller.
 void aten_gemm(const at::Tensor& out, const at::Tensor& a, const at::Tensor& rhs, bool accumulate) {
-  check_rows(out, "out");
-  check_rows(a, "a");
   if (out.numel() == 0) return;
   at::Tensor result = out;
   if (accumulate) {
@@ -97,16 +96,12 @@ StepGemm::StepGemm(const at::Tensor& w, bool transposed, int64_t rows)
 }
 
 void StepGemm::operator()(const at::Tensor& out, const at::Tensor& a, bool accumulate) const {
-#ifdef FUSED_RNN_WITH_CUDA
-  if (lt_) {
-    check_rows(out, "out");
-    check_rows(a, "a");
-    if ((*lt_)(out, a, accumulate)) return;
-  }
-#endif
-  if (!packed_) return aten_gemm(out, a, rhs_, accumulate);
   check_rows(out, "out");
   check_rows(a, "a");
+#ifdef FUSED_RNN_WITH_CUDA
+  if (lt_ && (*lt_)(out, a, accumulate)) return;
+#endif
+  if (!packed_) return aten_gemm(out, a, rhs_, accumulate);
   const int64_t M = a.size(0);
   TORCH_INTERNAL_ASSERT(a.scalar_type() == at::kFloat && out.scalar_type() == at::kFloat &&
                         a.size(1) == packed_->K() && out.size(0) == M);

@@ -165,17 +165,6 @@ bool use_graphed_loop(int64_t T, const Tensor& state, const StateDropout& dropou
   return status == cudaStreamCaptureStatusNone;
 }
 
-// The structs `steps` (loop order) into the loop's buffer, from pinned memory (the caching host
-// allocator keeps it alive until the copy has run), on the current stream.
-template <class Step>
-void upload_steps(const std::vector<Step>& steps, const CapturedLoop& loop) {
-  static_assert(std::is_trivially_copyable_v<Step>, "a step must be a plain struct");
-  const int64_t bytes = static_cast<int64_t>(steps.size() * sizeof(Step));
-  Tensor host = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
-  std::memcpy(host.data_ptr(), steps.data(), bytes);
-  loop.steps.copy_(host, /*non_blocking=*/true);
-}
-
 inline CapturedLoopKey captured_loop_key(int64_t T, const Tensor& state, int64_t H, int64_t N,
                                          bool reverse, const Tensor& w) {
   return {static_cast<int>(state.device().index()), c10::cuda::getCurrentCUDAStream().stream(),
@@ -213,7 +202,7 @@ bool graphed_forward(int64_t T, bool reverse, const Tensor& h, const Tensor& w, 
                           loop->product.template data_ptr<scalar_t>());
     steps.push_back(step);
   }
-  upload_steps(steps, *loop);
+  loop->steps.copy_(pinned_copy(steps), /*non_blocking=*/true);
   loop->state.copy_(h);
   loop->graph->replay();
   h.copy_(loop->state);
@@ -253,7 +242,7 @@ bool graphed_backward(int64_t T, bool reverse, const Tensor& dh, const Tensor& d
     d_pre_of(step) = loop->product.template data_ptr<scalar_t>() + t * B * N;
     steps.push_back(step);
   }
-  upload_steps(steps, *loop);
+  loop->steps.copy_(pinned_copy(steps), /*non_blocking=*/true);
   loop->state.copy_(dh);
   loop->graph->replay();
   dh.copy_(loop->state);

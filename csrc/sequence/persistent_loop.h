@@ -150,15 +150,10 @@ inline bool plan_fits(Algo algo, const PersistentPlan& plan) {
 // keeps that alive until the copy has run).
 template <class StepOf>
 Tensor steps_on_device(int64_t T, const StepOf& step_of, const c10::Device& device) {
-  using Step = decltype(step_of(int64_t{0}));
-  static_assert(std::is_trivially_copyable_v<Step>, "a step must be a plain struct");
-  std::vector<Step> steps;
+  std::vector<decltype(step_of(int64_t{0}))> steps;
   steps.reserve(T);
   for (int64_t s = 0; s < T; ++s) steps.push_back(step_of(s));
-  const int64_t bytes = static_cast<int64_t>(steps.size() * sizeof(Step));
-  Tensor host = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
-  std::memcpy(host.data_ptr(), steps.data(), bytes);
-  return host.to(device, /*non_blocking=*/true);
+  return pinned_copy(steps).to(device, /*non_blocking=*/true);
 }
 
 // The forward loop as one persistent kernel. Returns whether it ran; when it cannot run here it
