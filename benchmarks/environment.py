@@ -17,6 +17,9 @@ import torch
 
 _REPO = Path(__file__).resolve().parent.parent
 
+# The variables that cap the CPU's instruction set of ATen, oneDNN and MKL.
+ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
 
 def _command(args: List[str], cwd: Optional[Path] = None) -> Optional[str]:
     try:
@@ -90,6 +93,10 @@ def collect(device: torch.device) -> Dict[str, Any]:
         "fused_rnn_build_info": _fused_build_info(),
         # The switches of experimental kernels (FUSED_RNN_PERSISTENT_CLUSTER, ..._MMA) this ran with.
         "fused_rnn_environment": {k: v for k, v in sorted(os.environ.items()) if k.startswith("FUSED_RNN_")},
+        # The CPU's instruction-set level as ATen (and with it fused_rnn), oneDNN and MKL ran it:
+        # lowered by these variables, an AVX-512 machine stands in for an AVX2 one.
+        "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "isa_environment": {k: os.environ[k] for k in ISA_VARIABLES if k in os.environ},
         "git_commit": commit,
         "git_dirty": bool(dirty) if commit is not None and dirty is not None else None,
     }

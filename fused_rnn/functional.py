@@ -23,7 +23,7 @@ valid step ``lengths[b] - 1`` (the reverse half of a bidirectional layer).
 ``algo`` picks the fused recurrence's algorithm (docs/persistent.md):
     "stepwise"    one recurrent GEMM and one fused pointwise kernel per time step; any shape.
     "persistent"  the whole loop in one kernel that keeps W_hh on chip (CUDA), or in one
-                  threaded region over packed W_hh (CPU, float32, AVX-512, hidden sizes that are
+                  threaded region over packed W_hh (CPU, float32, AVX2 + FMA, hidden sizes that are
                   multiples of 16). Raises ValueError where it cannot run: LSTM projection,
                   reset_before GRU off CUDA, state dropout, a W_hh too large for the GPU's
                   shared memory.

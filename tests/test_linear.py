@@ -1,6 +1,7 @@
 """fused_rnn::linear, the input projection (and the weight gradients inside the backward ops):
-on a CPU with AVX-512, float32 products of a million multiply-adds or more (and of 128 rows or
-more where w is packed) run the packed GEMM (csrc/cpu/packed_gemm.h) on all threads. Checked against float64 torch, with strided operands."""
+on a CPU with AVX2 + FMA, float32 products of a million multiply-adds or more (and of 128 rows or
+more where w is packed) run the packed GEMM (csrc/cpu/packed_gemm.h) on all threads. Checked
+against float64 torch, with strided operands."""
 import warnings
 
 import pytest

@@ -1,6 +1,6 @@
 """algo='persistent' against the float64 oracle and against algo='stepwise', on every cell it runs,
 and its refusals. On CUDA it is the cooperative kernel that keeps W_hh in shared memory
-(csrc/cuda/persistent.cuh); on the CPU the packed, threaded recurrence (float32, AVX-512)."""
+(csrc/cuda/persistent.cuh); on the CPU the packed, threaded recurrence (float32, AVX2 + FMA)."""
 import dataclasses
 
 import pytest
@@ -11,9 +11,9 @@ from fused_rnn import functional as F
 from cases import make_case, outputs_and_grads
 
 PERSISTENT_CELLS = ["rnn_tanh", "rnn_relu", "lstm", "peephole_lstm", "gru"]
-CPU_PERSISTENT = fused_rnn.build_info().get("cpu_simd") == "avx512"
+CPU_PERSISTENT = fused_rnn.build_info().get("cpu_simd") != "scalar"
 DEVICES = [pytest.param("cpu", marks=pytest.mark.skipif(not CPU_PERSISTENT,
-                                                        reason="the CPU's persistent path needs AVX-512")),
+                                                        reason="the CPU's persistent path needs AVX2 + FMA")),
            pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
                not torch.cuda.is_available(), reason="no CUDA GPU")])]
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
@@ -301,7 +301,7 @@ def test_refuses_what_it_cannot_run(cell, kwargs, reason):
     _with_algo(case, "auto").run()  # auto runs the stepwise loop instead
 
 
-@pytest.mark.skipif(not CPU_PERSISTENT, reason="the CPU's persistent path needs AVX-512")
+@pytest.mark.skipif(not CPU_PERSISTENT, reason="the CPU's persistent path needs AVX2 + FMA")
 def test_cpu_refuses_double_and_odd_hidden_sizes():
     with pytest.raises(ValueError, match="float32"):
         _with_algo(make_case("gru", 3, 2, 4, 16, requires_grad=False), "persistent").run()

@@ -1,5 +1,5 @@
 // PackedMatrix (packing runs once per sequence, in the baseline ISA) and the panel loop of
-// packed_gemm; the AVX-512 inner kernel is in packed_gemm_avx512.cpp.
+// packed_gemm; the inner kernel (packed_gemm_kernel.h) is built for AVX-512 and for AVX2.
 #include "packed_gemm.h"
 
 #include "buffer_pool.h"
@@ -17,11 +17,15 @@ namespace fused_rnn {
 namespace cpu {
 
 #if defined(__x86_64__) && defined(__GNUC__)
-// packed_gemm_avx512.cpp
+// packed_gemm_avx512.cpp and packed_gemm_avx2.cpp (packed_gemm_kernel.h)
 void panel_block_avx512(const float* a, int64_t lda_r, int64_t lda_k, int64_t rows,
                         const float* panel, int64_t ld_panel, int64_t k0, int64_t k1,
                         int64_t chunks, float* const* c_chunk, int64_t ldc, bool accumulate,
                         const float* const* bias_chunk);
+void panel_block_avx2(const float* a, int64_t lda_r, int64_t lda_k, int64_t rows,
+                      const float* panel, int64_t ld_panel, int64_t k0, int64_t k1,
+                      int64_t chunks, float* const* c_chunk, int64_t ldc, bool accumulate,
+                      const float* const* bias_chunk);
 #endif
 
 PackedMatrix::PackedMatrix(const float* src, int64_t stride_k, int64_t stride_n, int64_t K,
@@ -96,8 +100,9 @@ void panel_block(const float* a, int64_t lda_r, int64_t lda_k, int64_t rows, con
     c_chunk[v] = c + panel.first_col[v];
     bias_chunk[v] = bias ? bias + panel.first_col[v] : nullptr;
   }
-  panel_block_avx512(a, lda_r, lda_k, rows, panel.data, panel.ld, k0, k1, panel.chunks, c_chunk,
-                     ldc, accumulate, bias ? bias_chunk : nullptr);
+  auto* kernel = cpu_has_avx512() ? &panel_block_avx512 : &panel_block_avx2;
+  kernel(a, lda_r, lda_k, rows, panel.data, panel.ld, k0, k1, panel.chunks, c_chunk, ldc,
+         accumulate, bias ? bias_chunk : nullptr);
 }
 
 // Panel p of a row-major B [K, N] (row stride ldb), read in place.
@@ -128,7 +133,7 @@ void gather_rows(const float* a, int64_t lda_r, int64_t lda_k, int64_t rows, int
 void packed_gemm(const float* a, int64_t lda_r, int64_t lda_k, int64_t rows, const PackedMatrix& b,
                  int64_t panel_begin, int64_t panel_end, float* c, int64_t ldc, bool accumulate) {
 #if defined(__x86_64__) && defined(__GNUC__)
-  TORCH_INTERNAL_ASSERT(cpu_has_avx512(), "fused_rnn: packed_gemm needs AVX-512");
+  TORCH_INTERNAL_ASSERT(cpu_has_packed_gemm(), "fused_rnn: packed_gemm needs AVX2 + FMA");
   for (int64_t p = panel_begin; p < panel_end; ++p) {
     const Panel panel = b.panel(p);
     for (int64_t k0 = 0; k0 < b.K(); k0 += kBlockK) {
@@ -137,7 +142,7 @@ void packed_gemm(const float* a, int64_t lda_r, int64_t lda_k, int64_t rows, con
     }
   }
 #else
-  TORCH_INTERNAL_ASSERT(false, "fused_rnn: packed_gemm needs AVX-512");
+  TORCH_INTERNAL_ASSERT(false, "fused_rnn: packed_gemm needs AVX2 + FMA");
 #endif
 }
 
@@ -145,8 +150,8 @@ void gemm(const float* a, int64_t lda_r, int64_t lda_k, const float* b, int64_t 
           int64_t ldb_n, float* c, int64_t ldc, int64_t M, int64_t K, int64_t N, bool accumulate,
           const float* bias) {
 #if defined(__x86_64__) && defined(__GNUC__)
-  TORCH_INTERNAL_ASSERT(cpu_has_avx512() && N % kChunk == 0 && K > 0,
-                        "fused_rnn: cpu::gemm needs AVX-512, N % 16 == 0 and K > 0");
+  TORCH_INTERNAL_ASSERT(cpu_has_packed_gemm() && N % kChunk == 0 && K > 0,
+                        "fused_rnn: cpu::gemm needs AVX2 + FMA, N % 16 == 0 and K > 0");
   if (M == 0 || N == 0) return;
   const bool in_place = gemm_reads_b_in_place(lda_k, ldb_n);
   std::optional<PackedMatrix> packed;
@@ -188,7 +193,7 @@ void gemm(const float* a, int64_t lda_r, int64_t lda_k, const float* b, int64_t 
     }
   });
 #else
-  TORCH_INTERNAL_ASSERT(false, "fused_rnn: cpu::gemm needs AVX-512");
+  TORCH_INTERNAL_ASSERT(false, "fused_rnn: cpu::gemm needs AVX2 + FMA");
 #endif
 }
 

@@ -1,6 +1,6 @@
 // The sizes that fix the packed GEMM's layout and blocking (packed_gemm.h), and the view of one
-// panel that its kernel reads. Constants and plain data only, so that the AVX-512 kernel file can
-// include it without any inline code.
+// panel that its kernel reads. Constants and plain data only, so that the kernel files (AVX-512,
+// AVX2) can include it without any inline code.
 #pragma once
 
 #include <cstdint>
@@ -8,7 +8,7 @@
 namespace fused_rnn {
 namespace cpu {
 
-constexpr int64_t kChunk = 16;  // columns per chunk (floats per AVX-512 vector)
+constexpr int64_t kChunk = 16;  // columns per chunk (floats per AVX-512 vector, two AVX2 vectors)
 constexpr int64_t kMaxChunksPerPanel = 4;
 // Rows of A per register tile: 6 rows x 4 vectors = 24 accumulators of the 32 zmm registers.
 constexpr int64_t kTileRows = 6;

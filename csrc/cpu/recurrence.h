@@ -27,7 +27,7 @@ namespace cpu {
 // Whether the packed recurrence runs a float sequence with hidden size H here.
 inline bool recurrence_supported(int64_t H) {
 #ifdef FUSED_RNN_CPU_AVX2
-  return H % kChunk == 0 && cpu_has_avx512();
+  return H % kChunk == 0 && cpu_has_packed_gemm();
 #else
   return false;
 #endif

@@ -44,7 +44,7 @@ bool use_packed_gemm(const at::Tensor& x, const at::Tensor& w) {
   const bool packs_w = !cpu::gemm_reads_b_in_place(x.stride(1), w.stride(0));
   return x.is_cpu() && x.scalar_type() == at::kFloat && N % cpu::kChunk == 0 &&
          M * K * N >= (int64_t{1} << 20) && (M >= kMinRowsToPack || !packs_w) &&
-         cpu_has_avx512();
+         cpu::cpu_has_packed_gemm();
 #else
   return false;
 #endif
@@ -84,7 +84,7 @@ StepGemm::StepGemm(const at::Tensor& w, bool transposed, int64_t rows)
   TORCH_INTERNAL_ASSERT(w.dim() == 2);
   const int64_t N = transposed ? w.size(0) : w.size(1), K = transposed ? w.size(1) : w.size(0);
   if (!(w.is_cpu() && w.scalar_type() == at::kFloat && N % cpu::kChunk == 0 && N > 0 && K > 0 &&
-        rows >= kMinRowsToPack && cpu_has_avx512())) {
+        rows >= kMinRowsToPack && cpu::cpu_has_packed_gemm())) {
     return;
   }
   // B(k, n) of the product: w[n, k] when transposed, else w[k, n].

@@ -2,7 +2,7 @@
 // (views into wider buffers, e.g. one gate block of a [B, 3H] row), and the large products
 // outside them (linear). In the loops the product writes into the preallocated `out`: for half
 // types on CUDA through cuBLASLt with its algorithm chosen once per loop
-// (cuda/step_gemm_cublaslt.h), for float on a CPU with AVX-512 our packed GEMM, elsewhere ATen's
+// (cuda/step_gemm_cublaslt.h), for float on a CPU with AVX2 + FMA our packed GEMM, elsewhere ATen's
 // GEMM (MKL / OpenBLAS, cuBLAS).
 #pragma once
 
@@ -27,7 +27,7 @@ constexpr int64_t kMinRowsToPack = 128;
 // The GEMM of every step of a loop, whose right operand w stays the same for the sequence:
 //   transposed: out [M, N] (+)= a [M, K] · wᵀ, w [N, K]   (forward: h · W_hhᵀ)
 //   otherwise:  out [M, N] (+)= a [M, K] · w,  w [K, N]   (backward: d gates · W_hh)
-// Float on a CPU with AVX-512 and N % 16 == 0: w is packed once (cpu/packed_gemm.h) and each
+// Float on a CPU with AVX2 + FMA and N % 16 == 0: w is packed once (cpu/packed_gemm.h) and each
 // step runs our GEMM on all threads (MKL runs its AVX2 code on AMD CPUs, at half the speed, and
 // repacks w every step). Half types on CUDA: cuBLASLt, set up once (cuda/step_gemm_cublaslt.h).
 // Elsewhere, and where cuBLASLt offers no algorithm, ATen's GEMM. The loops that the packed recurrence
@@ -49,7 +49,7 @@ class StepGemm {
 
 // The large products outside the time loops (input projection, its gradients, the weight
 // gradients): x [M, K] · wᵀ (+ b), w [N, K], b [N]; any strides (transposed views included).
-// Float on a CPU with AVX-512 runs the packed GEMM on all threads (csrc/cpu/packed_gemm.h):
+// Float on a CPU with AVX2 + FMA runs the packed GEMM on all threads (csrc/cpu/packed_gemm.h):
 // MKL runs its AVX2 code on AMD CPUs, at half the speed. Everything else: at::addmm / at::mm.
 // Also the op fused_rnn::linear (autograd in fused_rnn/_ops.py).
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b);

@@ -83,7 +83,7 @@ inline const char* persistent_unavailable(const Tensor& state, int64_t H,
   if (!state.is_cpu()) return "this device";
   if (state.scalar_type() != at::kFloat) return "a dtype other than float32 on the CPU";
   if (!cpu::recurrence_supported(H)) {
-    return "a CPU without AVX-512 or a hidden_size that is not a multiple of 16";
+    return "a CPU without AVX2 + FMA or a hidden_size that is not a multiple of 16";
   }
   return nullptr;
 }

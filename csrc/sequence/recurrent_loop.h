@@ -2,7 +2,7 @@
 // step (cell_steps.h), forward and backward, by one of two algorithms (`algo`,
 // fused_rnn/persistent.h):
 //   persistent: on CUDA one cooperative kernel for the whole loop (persistent_loop.h); on a CPU
-//               with AVX-512 (float, sizes multiples of 16) the packed, threaded recurrence
+//               with AVX2 + FMA (float, sizes multiples of 16) the packed, threaded recurrence
 //               (csrc/cpu/recurrence.h);
 //   stepwise:   one GEMM (gemm.h StepGemm) and one launch_step per time step, for everything
 //               else; on CUDA with FUSED_RNN_STEPWISE_GRAPHS=1 both loops are replayed from
