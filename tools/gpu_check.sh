@@ -21,7 +21,8 @@ STAGES="$WORK/stages.txt"
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 
 DEFAULT_STAGES="environment build toolchain persistent_smoke cluster_smoke mma_smoke tests memcheck racecheck
-  memcheck_mma racecheck_mma memcheck_graphs benchmark_stepwise_graphs benchmark_algorithms benchmark_quick"
+  memcheck_mma racecheck_mma memcheck_graphs benchmark_stepwise_graphs benchmark_algorithms benchmark_quick
+  cluster_backtrace"
 DEFAULT_STAGES=$(echo $DEFAULT_STAGES)  # one line
 
 stage() {  # stage NAME SECONDS COMMAND...: run, log, record "NAME rc seconds"
@@ -141,7 +142,12 @@ stage benchmark_workloads 90 "$PY" -m benchmarks --device cuda --cells lstm,gru 
   --workloads small_batch,deepbench_1024,big_h,long_tiny,large_batch --dtypes fp32,bf16 \
   --contenders fused,torch.nn --out "$OUT"
 # Where the cluster smoke test's process aborted ("terminate called without an active
-# exception" at e2603bb): its native stack, when gdb is there (the H200 machine had none).
-[ $CLUSTER_OK = 0 ] && stage cluster_backtrace 45 bash -c "command -v gdb >/dev/null || { echo no gdb; exit 0; }; \
-  gdb -q -batch -ex run -ex bt --args $PY tools/persistent_smoke.py cluster"
+# exception" at e2603bb and c3d4ece): its native stack, printed at SIGABRT by a preloaded shim
+# (tools/abort_backtrace.cpp: the machine has no gdb), frames without a symbol name resolved
+# with addr2line.
+[ $CLUSTER_OK = 0 ] && stage cluster_backtrace 60 bash -c "g++ -O1 -g -shared -fPIC \
+  tools/abort_backtrace.cpp -o $WORK/abort_backtrace.so -ldl && \
+  LD_PRELOAD=$WORK/abort_backtrace.so $PY tools/persistent_smoke.py cluster 2> $WORK/abort.txt; \
+  echo rc=\$?; cat $WORK/abort.txt; grep -o '^/[^(]*(+0x[0-9a-f]*)' $WORK/abort.txt | sed 's/(+/ /; s/)//' | \
+  while read lib offset; do echo \"\$lib \$offset: \$(addr2line -f -C -e \$lib \$offset | head -1)\"; done"
 tail -n 60 "$LOG" | grep -E "=====|passed|failed|ERROR SUMMARY|RACECHECK SUMMARY" || true
