@@ -2,8 +2,8 @@
 
     fused      fused_rnn's modules (LSTM, GRU, RNN, PeepholeLSTM): the thing being measured
     fused_stepwise, fused_persistent   the same with one recurrence algorithm forced
-    fused_stepwise_graphs   the stepwise loop with its forward replayed from CUDA graphs that
-               the op captures itself (FUSED_RNN_STEPWISE_GRAPHS=1; opt-in, CUDA)
+    fused_stepwise_graphs   the stepwise loop, forward and backward, replayed from CUDA graphs
+               that the ops capture themselves (FUSED_RNN_STEPWISE_GRAPHS=1; opt-in, CUDA)
     fused_graphed   the fused module replayed from CUDA graphs (the stepwise time loop with no
                launch overhead; the persistent kernel cannot be captured, so auto runs stepwise)
     torch.nn   torch.nn.LSTM/GRU/RNN: cuDNN on CUDA, ATen's native kernels on the CPU
@@ -17,6 +17,7 @@ JSON says what was timed even when a fallback was taken.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import os
@@ -39,6 +40,21 @@ class Built:
     parameters: List[Tensor]  # differentiated in training, besides x
     impl: str
     modules: List[nn.Module] = field(default_factory=list)  # put in train()/eval() per mode
+    # Environment variables set around each whole timed call (forward and, training, backward).
+    environment: Dict[str, str] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def environment_set(self):
+        previous = {name: os.environ.get(name) for name in self.environment}
+        os.environ.update(self.environment)
+        try:
+            yield
+        finally:
+            for name, value in previous.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
     def set_training(self, training: bool) -> None:
         # cuDNN keeps the activations for backward only in train(); inference must be eval().
@@ -193,10 +209,9 @@ class Fused(Contender):
 
 
 class FusedStepwiseGraphs(Fused):
-    """The stepwise loop whose forward replays a CUDA graph captured inside the op
-    (csrc/sequence/graphed_loop.h): FUSED_RNN_STEPWISE_GRAPHS=1 around each forward call, so
-    that the other contenders of the same run keep the eager loop."""
-    variable = "FUSED_RNN_STEPWISE_GRAPHS"
+    """The stepwise loops, forward and backward, replayed from CUDA graphs captured inside the
+    ops (csrc/sequence/graphed_loop.h): FUSED_RNN_STEPWISE_GRAPHS=1 around each whole timed call,
+    so that the other contenders of the same run keep the eager loops."""
 
     def __init__(self):
         super().__init__("stepwise")
@@ -206,20 +221,9 @@ class FusedStepwiseGraphs(Fused):
         if case.device.type != "cuda":
             raise Skip("n/a", "CUDA graphs need a CUDA device")
         built = super().build(case)
-        eager_forward = built.forward
-
-        def forward(x: Tensor) -> Tensor:
-            previous = os.environ.get(self.variable)
-            os.environ[self.variable] = "1"
-            try:
-                return eager_forward(x)
-            finally:
-                if previous is None:
-                    del os.environ[self.variable]
-                else:
-                    os.environ[self.variable] = previous
-        return Built(forward, built.parameters, built.impl + " with FUSED_RNN_STEPWISE_GRAPHS=1",
-                     built.modules)
+        return Built(built.forward, built.parameters,
+                     built.impl + " with FUSED_RNN_STEPWISE_GRAPHS=1", built.modules,
+                     environment={"FUSED_RNN_STEPWISE_GRAPHS": "1"})
 
 
 class _FirstOutput(nn.Module):

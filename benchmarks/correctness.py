@@ -22,8 +22,9 @@ TOLERANCE: Dict[str, float] = {"fp32": 1e-3, "bf16": 1e-1, "fp16": 3e-2}
 def outputs(built: Built, x: Tensor) -> Tuple[Tensor, Tensor]:
     built.set_training(True)
     leaf = x.detach().requires_grad_(True)
-    y = built.forward(leaf)
-    (grad,) = torch.autograd.grad(y.sum(), leaf)
+    with built.environment_set():
+        y = built.forward(leaf)
+        (grad,) = torch.autograd.grad(y.sum(), leaf)
     return y.detach().float(), grad.float()
 
 

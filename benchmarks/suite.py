@@ -58,7 +58,7 @@ def _call(built: Built, x: Tensor, mode: str) -> Callable[[], Any]:
     calls, so every call does the same work)."""
     if mode == "inference":
         def infer():
-            with torch.no_grad():
+            with torch.no_grad(), built.environment_set():
                 return built.forward(x)
         return infer
 
@@ -66,7 +66,8 @@ def _call(built: Built, x: Tensor, mode: str) -> Callable[[], Any]:
     inputs = [leaf, *built.parameters]
 
     def train():
-        return torch.autograd.grad(built.forward(leaf).sum(), inputs, allow_unused=True)
+        with built.environment_set():
+            return torch.autograd.grad(built.forward(leaf).sum(), inputs, allow_unused=True)
     return train
 
 

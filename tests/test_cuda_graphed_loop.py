@@ -1,8 +1,10 @@
 """The stepwise CUDA loops, forward and backward, replayed from graphs captured inside the ops
 (FUSED_RNN_STEPWISE_GRAPHS=1, csrc/sequence/graphed_loop.h) against the eager loops: every cell
-they serve, bfloat16 and float16 (float32 keeps the eager loop), lengths and
-reverse, forward and backward, and calls after the first (new inputs through the same captured
-graph)."""
+they serve, bfloat16 and float16 (float32 keeps the eager loop), lengths and reverse, forward and
+backward, and calls after the capture (new inputs, new weights, another module, another stream
+through the same machinery). A key's first call runs the eager loop, its second captures, the
+later ones replay: each test makes its calls with that in mind and checks with the profiler that
+graphs did replay."""
 import pytest
 import torch
 
@@ -28,7 +30,7 @@ def _set_graphs(monkeypatch, on):
         monkeypatch.delenv("FUSED_RNN_STEPWISE_GRAPHS", raising=False)
 
 
-def _outputs_and_grads(module, x, lengths):
+def _outputs_and_grads(module, x, lengths=None):
     x = x.detach().requires_grad_()
     output, state = module(x, lengths=lengths)
     states = list(state) if isinstance(state, tuple) else [state]
@@ -42,81 +44,157 @@ def _relative_error(result, expected):
             / expected.double().norm().clamp_min(1e-30)).item()
 
 
+def _assert_close(ours, theirs, dtype, context):
+    for kind in (0, 1):
+        for i, (a, b) in enumerate(zip(ours[kind], theirs[kind])):
+            assert _relative_error(a, b) < TOLERANCE[dtype], (context, kind, i)
+
+
+def _profiled(fn):
+    """fn()'s result, (kernel launches, graph launches) from the profiler's runtime events."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                            torch.profiler.ProfilerActivity.CUDA]) as prof:
+        result = fn()
+        torch.cuda.synchronize()
+    names = [event.name for event in prof.events()]
+    # cudaLaunchKernel(ExC), and cuLaunchKernel(Ex) where cuBLAS launches through the driver.
+    return result, (sum("LaunchKernel" in name for name in names),
+                    sum(name.startswith("cudaGraphLaunch") for name in names))
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["forward", "bidirectional"])
 @pytest.mark.parametrize("cell", sorted(MODULES))
-def test_graphed_forward_matches_eager(cell, bidirectional, dtype, monkeypatch):
-    """Three calls through one captured graph per direction (the first captures it), each with
-    new inputs and lengths, against the eager loop on the same inputs."""
+def test_graphed_matches_eager(cell, bidirectional, dtype, monkeypatch):
+    """Four training calls with new inputs and lengths (eager, capture, replay, replay), each
+    against the eager loop on the same inputs, computed first; the last one replays a graph per
+    direction forward and backward."""
     torch.manual_seed(31)
     steps, batch, inputs, hidden = 7, 5, 6, 24
     module = MODULES[cell](inputs, hidden, bidirectional=bidirectional, algo="stepwise")
     module = module.to(device="cuda", dtype=dtype)
-    for call in range(3):
+    for call in range(4):
         x = torch.randn(steps, batch, inputs, device="cuda", dtype=dtype)
         lengths = torch.tensor([7, 3, 0, 6, 7]) if call != 1 else None
-        _set_graphs(monkeypatch, True)
-        graphed = _outputs_and_grads(module, x, lengths)
         _set_graphs(monkeypatch, False)
         eager = _outputs_and_grads(module, x, lengths)
-        for kind in (0, 1):
-            for i, (ours, theirs) in enumerate(zip(graphed[kind], eager[kind])):
-                assert _relative_error(ours, theirs) < TOLERANCE[dtype], (call, kind, i)
-
-
-def _launches(module, x, training):
-    """(kernel launches, graph launches) of one forward (training: and backward), from the
-    profiler's runtime events."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                            torch.profiler.ProfilerActivity.CUDA]) as prof:
-        if training:
-            module(x.requires_grad_())[0].float().sum().backward()
+        _set_graphs(monkeypatch, True)
+        if call < 3:
+            graphed = _outputs_and_grads(module, x, lengths)
         else:
-            with torch.no_grad():
-                module(x)
-        torch.cuda.synchronize()
-    names = [event.name for event in prof.events()]
-    # cudaLaunchKernel(ExC), and cuLaunchKernel(Ex) where cuBLAS launches through the driver.
-    return (sum("LaunchKernel" in name for name in names),
-            sum(name.startswith("cudaGraphLaunch") for name in names))
+            graphed, (_, graphs) = _profiled(lambda: _outputs_and_grads(module, x, lengths))
+            assert graphs == 2 * (2 if bidirectional else 1), graphs
+        _assert_close(graphed, eager, dtype, call)
 
 
 @pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
 @pytest.mark.parametrize("dtype, graphed", [(torch.bfloat16, True), (torch.float32, False)],
                          ids=["bf16", "fp32_stays_eager"])
 def test_replays_instead_of_launching_per_step(dtype, graphed, training, monkeypatch):
-    """After the capturing call, a bfloat16 forward (and backward) launches one graph each and
-    fewer kernels than it has steps (the projections, weight gradients and copies around the
-    loop); float32 keeps launching two kernels a step."""
+    """After the eager and the capturing call, a bfloat16 forward (and backward) launches one
+    graph each and fewer kernels than it has steps (the projections, weight gradients and copies
+    around the loop); float32 keeps launching a kernel a step or more."""
     torch.manual_seed(32)
     steps = 40
     module = fused_rnn.GRU(8, 32, algo="stepwise").to(device="cuda", dtype=dtype)
     x = torch.randn(steps, 4, 8, device="cuda", dtype=dtype)
+
+    def call():
+        if training:
+            return module(x.clone().requires_grad_())[0].float().sum().backward()
+        with torch.no_grad():
+            return module(x)
+
     _set_graphs(monkeypatch, False)
-    eager_kernels, _ = _launches(module, x.clone(), training)
+    _, (eager_kernels, _) = _profiled(call)
     assert eager_kernels >= (2 if training else 1) * steps  # at least the step kernels
     _set_graphs(monkeypatch, True)
-    _launches(module, x.clone(), training)  # captures
-    kernels, graphs = _launches(module, x.clone(), training)
+    call()  # eager: the key's first call
+    call()  # captures and replays
+    _, (kernels, graphs) = _profiled(call)
     if graphed:
         assert graphs == (2 if training else 1) and kernels < steps, (kernels, graphs)
     else:
         assert graphs == 0 and kernels >= (2 if training else 1) * steps, (kernels, graphs)
 
 
-def test_more_shapes_than_the_cache_holds(monkeypatch):
-    """Twelve sequence lengths (the cache keeps 4 captured loops a step type): every call right."""
+def test_weights_changed_in_place_and_another_module(monkeypatch):
+    """A graph reads W_hh where it was captured: changed in place after the capture, the replay
+    sees the new values; a second module of the same shape (W_hh elsewhere) gets its own graph."""
+    torch.manual_seed(35)
+    dtype = torch.bfloat16
+    first = fused_rnn.LSTM(6, 32, algo="stepwise").to(device="cuda", dtype=dtype)
+    second = fused_rnn.LSTM(6, 32, algo="stepwise").to(device="cuda", dtype=dtype)
+    x = torch.randn(9, 3, 6, device="cuda", dtype=dtype)
+    _set_graphs(monkeypatch, True)
+    for _ in range(2):  # eager, capture
+        _outputs_and_grads(first, x)
+    with torch.no_grad():
+        for parameter in first.parameters():
+            parameter.mul_(-1.5)
+    for module in (first, second, second, second):
+        _set_graphs(monkeypatch, False)
+        eager = _outputs_and_grads(module, x)
+        _set_graphs(monkeypatch, True)
+        _assert_close(_outputs_and_grads(module, x), eager, dtype, module is first)
+
+
+def test_another_stream(monkeypatch):
+    """A loop replays on the stream it was captured for: calls on a side stream get their own
+    graph, and are right."""
+    torch.manual_seed(36)
+    dtype = torch.bfloat16
+    module = fused_rnn.GRU(5, 16, algo="stepwise").to(device="cuda", dtype=dtype)
+    x = torch.randn(6, 4, 5, device="cuda", dtype=dtype)
+    _set_graphs(monkeypatch, True)
+    for _ in range(2):
+        _outputs_and_grads(module, x)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        results = [_outputs_and_grads(module, x) for _ in range(3)]
+    torch.cuda.current_stream().wait_stream(stream)
+    _set_graphs(monkeypatch, False)
+    eager = _outputs_and_grads(module, x)
+    for call, graphed in enumerate(results):
+        _assert_close(graphed, eager, dtype, call)
+
+
+def test_more_keys_than_the_cache_holds(monkeypatch):
+    """Twenty sequence lengths, each called three times, forward and backward (the cache keeps
+    16 captured loops a step type, so early keys are evicted and captured again): every call
+    right."""
     torch.manual_seed(33)
-    module = fused_rnn.LSTM(4, 16, algo="stepwise").to(device="cuda", dtype=torch.bfloat16)
-    for steps in list(range(2, 14)) + [2, 3]:
-        x = torch.randn(steps, 3, 4, device="cuda", dtype=torch.bfloat16)
-        with torch.no_grad():
-            _set_graphs(monkeypatch, True)
-            graphed, (h, c) = module(x)
-            _set_graphs(monkeypatch, False)
-            eager, (h_ref, c_ref) = module(x)
-        for ours, theirs in ((graphed, eager), (h, h_ref), (c, c_ref)):
-            assert _relative_error(ours, theirs) < TOLERANCE[torch.bfloat16], steps
+    dtype = torch.bfloat16
+    module = fused_rnn.LSTM(4, 16, algo="stepwise").to(device="cuda", dtype=dtype)
+    for steps in list(range(2, 22)) + [2, 3]:
+        x = torch.randn(steps, 3, 4, device="cuda", dtype=dtype)
+        _set_graphs(monkeypatch, False)
+        eager = _outputs_and_grads(module, x)
+        _set_graphs(monkeypatch, True)
+        for call in range(3):
+            _assert_close(_outputs_and_grads(module, x), eager, dtype, (steps, call))
+
+
+def test_aten_gemm_is_never_captured(monkeypatch):
+    """With FUSED_RNN_STEP_GEMM=aten the products are ATen's, which the loop does not capture
+    (their cuBLAS workspace would come from the graph's pool): eager, right, no graph, and the
+    process's RNG still works afterwards (a failed capture would have left it in capture mode)."""
+    torch.manual_seed(37)
+    dtype = torch.bfloat16
+    monkeypatch.setenv("FUSED_RNN_STEP_GEMM", "aten")
+    module = fused_rnn.LSTM(4, 16, algo="stepwise").to(device="cuda", dtype=dtype)
+    x = torch.randn(8, 3, 4, device="cuda", dtype=dtype)
+    _set_graphs(monkeypatch, False)
+    eager = _outputs_and_grads(module, x)
+    _set_graphs(monkeypatch, True)
+    for _ in range(2):
+        _assert_close(_outputs_and_grads(module, x), eager, dtype, "aten")
+    graphed, (_, graphs) = _profiled(lambda: _outputs_and_grads(module, x))
+    assert graphs == 0
+    _assert_close(graphed, eager, dtype, "aten")
+    torch.rand(4, device="cuda")
+    torch.nn.functional.dropout(torch.ones(8, device="cuda"), 0.5)
 
 
 def test_inside_a_callers_graph_capture(monkeypatch):
@@ -129,7 +207,8 @@ def test_inside_a_callers_graph_capture(monkeypatch):
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            module(static_x)  # warm-up off the graph
+            for _ in range(3):
+                module(static_x)  # warm-up off the graph (and our own graphs for this stream)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):

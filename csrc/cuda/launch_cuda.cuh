@@ -58,6 +58,12 @@ void launch_cuda_from_device(const Step* step, int64_t rows, int64_t cols) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+template <class Step>
+void load_cuda_from_device_kernel() {
+  cudaFuncAttributes attributes;
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes, step_kernel_from_device<Step>));
+}
+
 }  // namespace fused_rnn
 
 // Instantiates the launcher of one step template for every supported storage type.
@@ -71,6 +77,8 @@ void launch_cuda_from_device(const Step* step, int64_t rows, int64_t cols) {
 
 // The same for launch_cuda_from_device (the steps that sequence/graphed_loop.h replays).
 #define FUSED_RNN_INSTANTIATE_CUDA_STEP_FROM_DEVICE(StepTemplate)                                  \
+  template void fused_rnn::load_cuda_from_device_kernel<fused_rnn::StepTemplate<c10::Half>>();     \
+  template void fused_rnn::load_cuda_from_device_kernel<fused_rnn::StepTemplate<c10::BFloat16>>(); \
   template void fused_rnn::launch_cuda_from_device(const fused_rnn::StepTemplate<float>*, int64_t, \
                                                    int64_t);                                       \
   template void fused_rnn::launch_cuda_from_device(const fused_rnn::StepTemplate<double>*,         \

@@ -27,18 +27,21 @@ constexpr int64_t kWorkspaceBytes = int64_t{4} << 20;
 // One workspace per (device, stream), kept for the life of the process as cuBLAS keeps its own:
 // each loop allocating 4 MiB of its own raised a training step's peak memory by 4 MiB (tests/
 // test_backward_memory.py on an H200, c3d4ece). The map is never destroyed, so nothing is freed
-// at exit, when the CUDA allocator may be gone. Under graph capture a stream that has none gets
-// none (what is allocated during capture belongs to the graph): its products run without.
+// at exit, when the CUDA allocator may be gone. Products made while their stream is being
+// captured (a caller's torch.cuda.graph) get none: what is allocated then belongs to the graph,
+// and an existing workspace baked into the caller's graph could be written by that graph's
+// replay, on any stream, while eager products on this stream use it. (graphed_loop.h makes its
+// products before it captures, on the stream its graphs replay on.)
 std::pair<void*, int64_t> workspace_for(const at::Tensor& like, cudaStream_t stream) {
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  if (capture != cudaStreamCaptureStatusNone) return {nullptr, 0};
   static std::mutex mutex;
   static auto* workspaces = new std::map<std::pair<int, cudaStream_t>, at::Tensor>();
   const std::lock_guard<std::mutex> lock(mutex);
   const auto key = std::make_pair(static_cast<int>(like.device().index()), stream);
   const auto found = workspaces->find(key);
   if (found != workspaces->end()) return {found->second.data_ptr(), kWorkspaceBytes};
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
-  if (capture != cudaStreamCaptureStatusNone) return {nullptr, 0};
   at::Tensor workspace = at::empty({kWorkspaceBytes}, like.options().dtype(at::kByte));
   void* data = workspace.data_ptr();
   workspaces->emplace(key, std::move(workspace));
@@ -198,6 +201,18 @@ std::unique_ptr<LtStepGemm> LtStepGemm::make(const at::Tensor& w, bool transpose
   return std::unique_ptr<LtStepGemm>(new LtStepGemm(std::move(impl)));
 }
 
+namespace {
+PlanKey plan_key(const at::Tensor& out, const at::Tensor& a, bool accumulate, int64_t N, int64_t K) {
+  return {a.size(0), std::max<int64_t>(a.stride(0), K), std::max<int64_t>(out.stride(0), N),
+          alignment_of(a.data_ptr()), alignment_of(out.data_ptr()), accumulate};
+}
+}  // namespace
+
+bool LtStepGemm::has_plan(const at::Tensor& out, const at::Tensor& a, bool accumulate) const {
+  const Impl& impl = *impl_;
+  return a.size(0) == 0 || impl.plan_for(plan_key(out, a, accumulate, impl.N, impl.K)).found;
+}
+
 bool LtStepGemm::operator()(const at::Tensor& out, const at::Tensor& a, bool accumulate) const {
   const Impl& impl = *impl_;
   TORCH_INTERNAL_ASSERT(a.scalar_type() == impl.w.scalar_type() &&
@@ -205,9 +220,7 @@ bool LtStepGemm::operator()(const at::Tensor& out, const at::Tensor& a, bool acc
                         out.size(1) == impl.N && out.size(0) == a.size(0));
   const int64_t M = a.size(0);
   if (M == 0) return true;
-  const PlanKey key{M, std::max<int64_t>(a.stride(0), impl.K), std::max<int64_t>(out.stride(0), impl.N),
-                    alignment_of(a.data_ptr()), alignment_of(out.data_ptr()), accumulate};
-  const Plan& plan = impl.plan_for(key);
+  const Plan& plan = impl.plan_for(plan_key(out, a, accumulate, impl.N, impl.K));
   if (!plan.found) return false;
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   check_lt(cublasLtMatmul(impl.handle, impl.desc, &alpha, impl.w.data_ptr(), impl.w_layout->handle,

@@ -36,6 +36,9 @@ class LtStepGemm {
   // the workspace's). Returns false, having done nothing, where cuBLASLt offers no algorithm for
   // these operands: the caller runs ATen's GEMM then.
   bool operator()(const at::Tensor& out, const at::Tensor& a, bool accumulate) const;
+  // Whether operator() would run these operands through cuBLASLt (it resolves their plan now):
+  // what sequence/graphed_loop.h asks of every product before it captures a loop.
+  bool has_plan(const at::Tensor& out, const at::Tensor& a, bool accumulate) const;
 
  private:
   struct Impl;

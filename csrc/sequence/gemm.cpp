@@ -101,6 +101,12 @@ StepGemm::StepGemm(const at::Tensor& w, bool transposed, int64_t rows)
 #endif
 }
 
+#ifdef FUSED_RNN_WITH_CUDA
+bool StepGemm::runs_on_cublaslt(const at::Tensor& out, const at::Tensor& a, bool accumulate) const {
+  return lt_ != nullptr && lt_->has_plan(out, a, accumulate);
+}
+#endif
+
 void StepGemm::operator()(const at::Tensor& out, const at::Tensor& a, bool accumulate) const {
   check_rows(out, "out");
   check_rows(a, "a");

@@ -40,6 +40,11 @@ class StepGemm {
   // kMinRowsToPack, packing would cost more than it saves and ATen's GEMM runs every step.
   StepGemm(const at::Tensor& w, bool transposed, int64_t rows);
   void operator()(const at::Tensor& out, const at::Tensor& a, bool accumulate) const;
+#ifdef FUSED_RNN_WITH_CUDA
+  // Whether these operands would be multiplied by cuBLASLt (not ATen's GEMM): graphed_loop.h
+  // captures only loops whose every product is.
+  bool runs_on_cublaslt(const at::Tensor& out, const at::Tensor& a, bool accumulate) const;
+#endif
 
  private:
   at::Tensor rhs_;  // the product's right operand: wᵀ (a view) or w

@@ -19,6 +19,17 @@
 // replays, and copies the state (backward: and d_pre) out, all on its stream. W_hh is read where
 // the capture found it: the key holds its address, and at replay that address holds the calling
 // op's W_hh.
+//
+// What keeps a capture from failing or taking in foreign work (a failed capture would leave
+// torch's allocator and RNG in capture mode for the process):
+//   - a key is captured on its second call; the first runs the eager loop, which also creates
+//     the handles and plans, and the replayed step kernel is loaded before the capture, so
+//     nothing is initialised inside it;
+//   - only loops whose every product runs on cuBLASLt (StepGemm::runs_on_cublaslt: no ATen GEMM,
+//     whose cuBLAS workspace would come from the graph's pool) and whose steps have work;
+//   - captures run on a stream of ours per device, never handed to anyone else (a pool stream
+//     may be a user's torch.cuda.Stream), one capture at a time in the process;
+//   - an exception during the capture ends the capture before it propagates.
 #pragma once
 
 #ifdef FUSED_RNN_WITH_CUDA
@@ -32,6 +43,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <type_traits>
@@ -88,8 +100,33 @@ struct CapturedLoop {
 };
 
 // Each captured loop holds its buffers and its graph's memory (a backward's d_pre is as large as
-// the saved gates): at most this many per step type, the least recently used one replaced.
-constexpr size_t kMaxCapturedLoops = 4;
+// the saved gates): at most this many per step type, the least recently used one replaced. A
+// model cycles through one key per layer and direction (and sequence length): a 4-layer
+// bidirectional LSTM has 8 forward and 8 backward keys.
+constexpr size_t kMaxCapturedLoops = 16;
+
+// The stream this file captures on, one per device, created once and never destroyed (a stream
+// from torch's pool may also be a user's, whose launches during our capture would be captured).
+inline c10::cuda::CUDAStream capture_stream(c10::DeviceIndex device) {
+  static std::mutex mutex;
+  static auto* streams = new std::map<c10::DeviceIndex, cudaStream_t>();
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto found = streams->find(device);
+  if (found == streams->end()) {
+    const c10::cuda::CUDAGuard on_device(device);
+    cudaStream_t stream = nullptr;
+    C10_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    found = streams->emplace(device, stream).first;
+  }
+  return c10::cuda::getStreamFromExternal(found->second, device);
+}
+
+// One capture at a time in the process (the forward and backward caches of every step type
+// share the capture streams).
+inline std::mutex& capture_mutex() {
+  static auto* mutex = new std::mutex();
+  return *mutex;
+}
 
 // The captured loops of one step type. Never destroyed (like the cuBLAS handles): at exit the
 // CUDA allocator their graphs would return memory to may be gone.
@@ -97,6 +134,7 @@ template <class Step>
 struct CapturedLoops {
   std::mutex mutex;  // held from lookup to the end of a call's enqueued work
   std::vector<std::unique_ptr<CapturedLoop>> loops;
+  std::vector<CapturedLoopKey> seen_once;  // keys met once and not captured yet (bounded)
   uint64_t uses = 0;
 
   static CapturedLoops& instance() {
@@ -104,17 +142,19 @@ struct CapturedLoops {
     return *loops;
   }
 
-  // The loop for `key`, captured by capture_steps(loop, gemm) on its first use: gemm is made on
-  // the replay stream (so that cuBLASLt's workspace is that stream's), the launches are
-  // captured on a side stream (graphs cannot capture the default stream).
-  template <class Capture>
+  // The loop for `key`, or nullptr where the caller is to run its eager loop: on the key's
+  // first call, and where ready(loop, gemm) says a product would not run on cuBLASLt. Else
+  // captured by capture_steps(loop, steps, gemm) on the key's second call: gemm is made on the
+  // replay stream (so that cuBLASLt's workspace is that stream's), the launches are captured on
+  // capture_stream (graphs cannot capture the default stream).
+  template <class Ready, class Capture>
   CapturedLoop* find_or_capture(const CapturedLoopKey& key, const Tensor& state, const Tensor& w,
                                 bool transposed, const std::vector<int64_t>& product_sizes,
-                                const Capture& capture_steps) {
+                                const Ready& ready, const Capture& capture_steps) {
     for (const auto& loop : loops) {
       if (loop->key == key) return touch(loop.get());
     }
-    if (loops.size() >= kMaxCapturedLoops) evict_least_recent();
+    if (!seen_before(key)) return nullptr;
     auto loop = std::make_unique<CapturedLoop>();
     loop->key = key;
     loop->state = at::empty({key.B, key.P}, state.options());
@@ -122,15 +162,41 @@ struct CapturedLoops {
     loop->steps = at::empty({key.T * static_cast<int64_t>(sizeof(Step))},
                             state.options().dtype(at::kByte));
     const StepGemm gemm(w, transposed, key.T * key.B);
+    if (!ready(*loop, gemm)) return nullptr;
+    load_cuda_from_device_kernel<Step>();
+    if (loops.size() >= kMaxCapturedLoops) evict_least_recent();
     loop->graph = std::make_unique<at::cuda::CUDAGraph>();
     {
-      const c10::cuda::CUDAStreamGuard side(c10::cuda::getStreamFromPool());
+      const std::lock_guard<std::mutex> one_capture(capture_mutex());
+      const c10::cuda::CUDAStreamGuard side(capture_stream(state.device().index()));
       loop->graph->capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
-      capture_steps(*loop, static_cast<const Step*>(loop->steps.data_ptr()), gemm);
+      try {
+        capture_steps(*loop, static_cast<const Step*>(loop->steps.data_ptr()), gemm);
+      } catch (...) {
+        try {
+          loop->graph->capture_end();
+        } catch (...) {
+          // The capture's own error is the one to report.
+        }
+        throw;
+      }
       loop->graph->capture_end();
     }
     loops.push_back(std::move(loop));
     return touch(loops.back().get());
+  }
+
+  // Whether `key` was met before (and forgets it then); else remembers it.
+  bool seen_before(const CapturedLoopKey& key) {
+    for (auto it = seen_once.begin(); it != seen_once.end(); ++it) {
+      if (*it == key) {
+        seen_once.erase(it);
+        return true;
+      }
+    }
+    if (seen_once.size() >= 2 * kMaxCapturedLoops) seen_once.erase(seen_once.begin());
+    seen_once.push_back(key);
+    return false;
   }
 
   CapturedLoop* touch(CapturedLoop* loop) {
@@ -149,15 +215,16 @@ struct CapturedLoops {
   }
 };
 
-// Whether a stepwise loop of T steps on `state` [B, P] runs from a graph: where
-// FUSED_RNN_STEPWISE_GRAPHS=1 asks for it and nothing rules it out: not CUDA, not a half type,
-// state dropout (its masked copy of the state is made per step), fewer than 2 steps, or a
-// capture already running on this stream (the caller's own graph).
+// Whether a stepwise loop of T steps on `state` [B, P], H columns a step, may run from a
+// graph: where FUSED_RNN_STEPWISE_GRAPHS=1 asks for it and nothing rules it out: not CUDA, not
+// a half type, state dropout (its masked copy of the state is made per step), fewer than 2
+// steps, an empty state or step (a launch of no blocks is an error), or a capture already
+// running on this stream (the caller's own graph).
 template <typename scalar_t>
-bool use_graphed_loop(int64_t T, const Tensor& state, const StateDropout& dropout) {
+bool use_graphed_loop(int64_t T, const Tensor& state, int64_t H, const StateDropout& dropout) {
   constexpr bool half = std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>;
   if (!half || !state.is_cuda() || !stepwise_graphs_requested() || dropout.active() || T < 2 ||
-      state.size(0) == 0) {
+      state.size(0) == 0 || state.size(1) == 0 || H == 0) {
     return false;
   }
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
@@ -179,7 +246,7 @@ bool graphed_forward(int64_t T, bool reverse, const Tensor& h, const Tensor& w, 
                      const StateDropout& dropout, const StepAt& step_at) {
   using Step = decltype(step_at(int64_t{0}));
   using scalar_t = typename Step::scalar_type;
-  if (!use_graphed_loop<scalar_t>(T, h, dropout)) return false;
+  if (!use_graphed_loop<scalar_t>(T, h, H, dropout)) return false;
   const int64_t B = h.size(0), N = w.size(0);
   // Loop order does not depend on `reverse` here: step s reads the struct at s, whichever time
   // it is for. So both directions share a captured loop.
@@ -188,12 +255,16 @@ bool graphed_forward(int64_t T, bool reverse, const Tensor& h, const Tensor& w, 
   const std::lock_guard<std::mutex> lock(cache.mutex);
   CapturedLoop* loop = cache.find_or_capture(
       key, h, w, /*transposed=*/true, {B, N},
+      [&](const CapturedLoop& captured, const StepGemm& gemm) {
+        return gemm.runs_on_cublaslt(captured.product, captured.state, /*accumulate=*/false);
+      },
       [&](const CapturedLoop& captured, const Step* steps, const StepGemm& gemm) {
         for (int64_t s = 0; s < T; ++s) {
           gemm(captured.product, captured.state, /*accumulate=*/false);
           launch_cuda_from_device(steps + s, B, H);
         }
       });
+  if (loop == nullptr) return false;
   std::vector<Step> steps;
   steps.reserve(T);
   for (int64_t s = 0; s < T; ++s) {
@@ -218,7 +289,7 @@ bool graphed_backward(int64_t T, bool reverse, const Tensor& dh, const Tensor& d
                       const StepAt& step_at) {
   using Step = decltype(step_at(int64_t{0}));
   using scalar_t = typename Step::scalar_type;
-  if (!use_graphed_loop<scalar_t>(T, dh, dropout)) return false;
+  if (!use_graphed_loop<scalar_t>(T, dh, H, dropout)) return false;
   const int64_t B = dh.size(0), N = w.size(0);
   // The GEMM of loop position i reads d_pre row t(i), which depends on `reverse`.
   const CapturedLoopKey key = captured_loop_key(T, dh, H, N, reverse, w);
@@ -227,12 +298,19 @@ bool graphed_backward(int64_t T, bool reverse, const Tensor& dh, const Tensor& d
   const std::lock_guard<std::mutex> lock(cache.mutex);
   CapturedLoop* loop = cache.find_or_capture(
       key, dh, w, /*transposed=*/false, {T, B, N},
+      [&](const CapturedLoop& captured, const StepGemm& gemm) {
+        for (int64_t t = 0; t < T; ++t) {  // each row of d_pre has its own alignment
+          if (!gemm.runs_on_cublaslt(captured.state, captured.product.select(0, t), true)) return false;
+        }
+        return true;
+      },
       [&](const CapturedLoop& captured, const Step* steps, const StepGemm& gemm) {
         for (int64_t i = 0; i < T; ++i) {
           launch_cuda_from_device(steps + i, B, H);
           gemm(captured.state, captured.product.select(0, t_of(i)), /*accumulate=*/true);
         }
       });
+  if (loop == nullptr) return false;
   std::vector<Step> steps;
   steps.reserve(T);
   for (int64_t i = 0; i < T; ++i) {
