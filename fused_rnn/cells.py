@@ -33,42 +33,53 @@ class _FusedCellBase(nn.RNNCellBase):
         return s if self.backend == "fused" else s + f", backend={self.backend!r}"
 
     def _prepare(self, input: Tensor, hx) -> Tuple[Tensor, List[Tensor], bool]:
-        """Checks like torch's cells; returns x (1, B, I), the states [(B, H)...], is_batched."""
-        name = type(self).__name__
-        if input.dim() not in (1, 2):
-            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        is_batched = input.dim() == 2
+        """Checks like torch's cells; returns x (1, B, I), the states [(B, H)...], is_batched.
+        (A cell runs once per token: each shape is read once, and names are made only for an
+        error.)"""
+        input_dims = input.dim()
+        if input_dims not in (1, 2):
+            raise ValueError(f"{type(self).__name__}: Expected input to be 1D or 2D, got {input_dims}D instead")
+        is_batched = input_dims == 2
         x = input if is_batched else input.unsqueeze(0)
-        if x.size(1) != self.input_size:
-            raise RuntimeError(f"input has inconsistent input_size: got {x.size(1)} expected {self.input_size}")
+        batch, input_size = x.shape
+        if input_size != self.input_size:
+            raise RuntimeError(f"input has inconsistent input_size: got {input_size} expected {self.input_size}")
         if hx is None:
-            zeros = x.new_zeros(x.size(0), self.hidden_size)
+            zeros = x.new_zeros(batch, self.hidden_size)
             return x.unsqueeze(0), [zeros] * self._num_states, is_batched
         if self._num_states == 1:
             if not isinstance(hx, Tensor):
-                raise TypeError(f"{name}: hx must be a Tensor, got {type(hx).__name__}")
+                raise TypeError(f"{type(self).__name__}: hx must be a Tensor, got {type(hx).__name__}")
             states = [hx]
         else:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2 or not all(isinstance(s, Tensor) for s in hx):
-                raise TypeError(f"{name}: hx must be a tuple (h, c) of two Tensors")
+                raise TypeError(f"{type(self).__name__}: hx must be a tuple (h, c) of two Tensors")
             states = list(hx)
         for k, s in enumerate(states):
-            what = "hidden" if self._num_states == 1 else f"hx[{k}]"
-            if s.dim() not in (1, 2):
-                raise ValueError(f"{name}: Expected {what} to be 1D or 2D, got {s.dim()}D instead")
-            if s.dim() != input.dim():
-                raise RuntimeError(f"{name}: Expected {what} to be {input.dim()}D like the input, "
-                                   f"got {s.dim()}D instead")
-            s = s if is_batched else s.unsqueeze(0)
-            if s.size(0) != x.size(0):
-                raise RuntimeError(f"Input batch size {x.size(0)} doesn't match {what} batch size {s.size(0)}")
-            if s.size(1) != self.hidden_size:
-                raise RuntimeError(f"{what} has inconsistent hidden_size: got {s.size(1)}, "
-                                   f"expected {self.hidden_size}")
-            if s.dtype != x.dtype:
-                raise RuntimeError(f"{what} has dtype {s.dtype} but the input has dtype {x.dtype}")
-            states[k] = s
+            shape = s.shape
+            if len(shape) != input_dims or (batch, self.hidden_size) != (shape if is_batched else (1, *shape)) \
+                    or s.dtype != x.dtype:
+                self._state_error(k, s, input_dims, batch, x.dtype)
+            if not is_batched:
+                states[k] = s.unsqueeze(0)
         return x.unsqueeze(0), states, is_batched
+
+    def _state_error(self, k: int, s: Tensor, input_dims: int, batch: int, dtype: torch.dtype) -> None:
+        """Raises what is wrong with state k (as torch's cells word it)."""
+        name = type(self).__name__
+        what = "hidden" if self._num_states == 1 else f"hx[{k}]"
+        if s.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected {what} to be 1D or 2D, got {s.dim()}D instead")
+        if s.dim() != input_dims:
+            raise RuntimeError(f"{name}: Expected {what} to be {input_dims}D like the input, "
+                               f"got {s.dim()}D instead")
+        s = s if input_dims == 2 else s.unsqueeze(0)
+        if s.size(0) != batch:
+            raise RuntimeError(f"Input batch size {batch} doesn't match {what} batch size {s.size(0)}")
+        if s.size(1) != self.hidden_size:
+            raise RuntimeError(f"{what} has inconsistent hidden_size: got {s.size(1)}, "
+                               f"expected {self.hidden_size}")
+        raise RuntimeError(f"{what} has dtype {s.dtype} but the input has dtype {dtype}")
 
     def _weights(self) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
         return self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh

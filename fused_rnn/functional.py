@@ -84,13 +84,15 @@ def check_algo(algo: str) -> None:
 
 
 def _check_sequence(x: Tensor, h0: Tensor, w_ih: Tensor) -> None:
-    if x.dim() != 3:
-        raise ValueError(f"x must be 3-D (T, B, I), got shape {tuple(x.shape)}")
-    if x.size(2) != w_ih.size(1):
-        raise ValueError(
-            f"x has input size {x.size(2)} but w_ih expects {w_ih.size(1)} (w_ih shape {tuple(w_ih.shape)})")
-    if h0.dim() != 2 or h0.size(0) != x.size(1):
-        raise ValueError(f"h0 must be (B={x.size(1)}, hidden), got shape {tuple(h0.shape)}")
+    # Each shape read once: a cell called once per token pays these checks every step.
+    x_shape, h0_shape, w_shape = x.shape, h0.shape, w_ih.shape
+    if len(x_shape) != 3:
+        raise ValueError(f"x must be 3-D (T, B, I), got shape {tuple(x_shape)}")
+    if len(w_shape) != 2 or x_shape[2] != w_shape[1]:
+        raise ValueError(f"x has input size {x_shape[2]} but w_ih expects "
+                         f"{w_shape[1] if len(w_shape) == 2 else '?'} (w_ih shape {tuple(w_shape)})")
+    if len(h0_shape) != 2 or h0_shape[0] != x_shape[1]:
+        raise ValueError(f"h0 must be (B={x_shape[1]}, hidden), got shape {tuple(h0_shape)}")
     if w_ih.dtype != x.dtype:
         raise ValueError(f"w_ih has dtype {w_ih.dtype} but x has dtype {x.dtype}")
 
