@@ -194,6 +194,9 @@ def _bad_cell_inputs():
         "hx_batch": (lambda c: c(x, hx_for(c, torch.zeros(B + 1, H))), RuntimeError, "batch size"),
         "hx_size": (lambda c: c(x, hx_for(c, torch.zeros(B, H + 1))), RuntimeError, "hidden_size"),
         "hx_3d": (lambda c: c(x, hx_for(c, torch.zeros(1, B, H))), ValueError, "1D or 2D"),
+        "hx_1d_input_2d": (lambda c: c(x, hx_for(c, torch.zeros(H))), RuntimeError, "2D like the input"),
+        "hx_dtype": (lambda c: c(x, hx_for(c, torch.zeros(B, H, dtype=torch.float64))), RuntimeError,
+                     "dtype"),
     }
 
 
