@@ -26,7 +26,9 @@ def child_env(level, tmp_path):
     # Its own inductor cache: inductor's on-disk cache does not key on ATEN_CPU_CAPABILITY, so
     # kernels compiled at one level are loaded at another (torch 2.14: wrong results and heap
     # corruption in test_modules.py's torch.compile test).
-    env = dict(os.environ, ATEN_CPU_CAPABILITY=level, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
+    # No GPU for the child: these are the CPU kernels' runs (and a GPU machine's time is short).
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=level, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"),
+               CUDA_VISIBLE_DEVICES="")
     env.pop("PYTEST_ADDOPTS", None)
     return env
 
