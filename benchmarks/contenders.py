@@ -2,8 +2,8 @@
 
     fused      fused_rnn's modules (LSTM, GRU, RNN, PeepholeLSTM): the thing being measured
     fused_stepwise, fused_persistent   the same with one recurrence algorithm forced
-    fused_stepwise_graphs   the stepwise loop, forward and backward, replayed from CUDA graphs
-               that the ops capture themselves (FUSED_RNN_STEPWISE_GRAPHS=1; opt-in, CUDA)
+    fused_stepwise_eager   the stepwise loop without the CUDA graphs the ops capture for half
+               types by default (FUSED_RNN_STEPWISE_GRAPHS=0; CUDA)
     fused_graphed   the fused module replayed from CUDA graphs (the stepwise time loop with no
                launch overhead; the persistent kernel cannot be captured, so auto runs stepwise)
     torch.nn   torch.nn.LSTM/GRU/RNN: cuDNN on CUDA, ATen's native kernels on the CPU
@@ -208,22 +208,23 @@ class Fused(Contender):
         return None
 
 
-class FusedStepwiseGraphs(Fused):
-    """The stepwise loops, forward and backward, replayed from CUDA graphs captured inside the
-    ops (csrc/sequence/graphed_loop.h): FUSED_RNN_STEPWISE_GRAPHS=1 around each whole timed call,
-    so that the other contenders of the same run keep the eager loops."""
+class FusedStepwiseEager(Fused):
+    """The stepwise loops launched step by step, without the CUDA graphs the ops capture and
+    replay for half types by default (csrc/sequence/graphed_loop.h): FUSED_RNN_STEPWISE_GRAPHS=0
+    around each whole timed call, so that the other contenders of the same run keep the
+    default."""
 
     def __init__(self):
         super().__init__("stepwise")
-        self.name = "fused_stepwise_graphs"
+        self.name = "fused_stepwise_eager"
 
     def build(self, case: Case) -> Built:
         if case.device.type != "cuda":
-            raise Skip("n/a", "CUDA graphs need a CUDA device")
+            raise Skip("n/a", "the CPU has no graphed loop to compare with")
         built = super().build(case)
         return Built(built.forward, built.parameters,
-                     built.impl + " with FUSED_RNN_STEPWISE_GRAPHS=1", built.modules,
-                     environment={"FUSED_RNN_STEPWISE_GRAPHS": "1"})
+                     built.impl + " with FUSED_RNN_STEPWISE_GRAPHS=0", built.modules,
+                     environment={"FUSED_RNN_STEPWISE_GRAPHS": "0"})
 
 
 class _FirstOutput(nn.Module):
@@ -380,13 +381,13 @@ class Compiled(Contender):
         return _from_sequence(case, sequence, f"torch.compile({loops.STEPS[case.cell.name].__name__}) in a Python loop")
 
 
-ORDER = ["fused", "fused_stepwise", "fused_stepwise_graphs", "fused_persistent", "fused_graphed",
+ORDER = ["fused", "fused_stepwise", "fused_stepwise_eager", "fused_persistent", "fused_graphed",
          "torch.nn", "reference", "compiled"]
 
 
 def make_contenders(names: List[str], compile_timeout: Optional[float]) -> List[Contender]:
     available = {"fused": Fused(), "fused_stepwise": Fused("stepwise"),
-                 "fused_stepwise_graphs": FusedStepwiseGraphs(),
+                 "fused_stepwise_eager": FusedStepwiseEager(),
                  "fused_persistent": Fused("persistent"), "fused_graphed": FusedGraphed(),
                  "torch.nn": TorchNN(),
                  "reference": Reference(), "compiled": Compiled(compile_timeout)}

@@ -1,10 +1,10 @@
 """The stepwise CUDA loops, forward and backward, replayed from graphs captured inside the ops
-(FUSED_RNN_STEPWISE_GRAPHS=1, csrc/sequence/graphed_loop.h) against the eager loops: every cell
-they serve, bfloat16 and float16 (float32 keeps the eager loop), lengths and reverse, forward and
-backward, and calls after the capture (new inputs, new weights, another module, another stream
-through the same machinery). A key's first call runs the eager loop, its second captures, the
-later ones replay: each test makes its calls with that in mind and checks with the profiler that
-graphs did replay."""
+(csrc/sequence/graphed_loop.h; the default for half types, FUSED_RNN_STEPWISE_GRAPHS=0 turns it
+off) against the eager loops: every cell they serve, bfloat16 and float16 (float32 keeps the
+eager loop), lengths and reverse, forward and backward, and calls after the capture (new inputs,
+new weights, another module, another stream through the same machinery), and the cache's bounds.
+A key's first call runs the eager loop, its second captures, the later ones replay: each test
+makes its calls with that in mind and checks with the profiler that graphs did replay."""
 import pytest
 import torch
 
@@ -24,10 +24,11 @@ TOLERANCE = {torch.float16: 5e-3, torch.bfloat16: 3e-2}
 
 
 def _set_graphs(monkeypatch, on):
+    """On: the default (no variable); off: FUSED_RNN_STEPWISE_GRAPHS=0."""
     if on:
-        monkeypatch.setenv("FUSED_RNN_STEPWISE_GRAPHS", "1")
-    else:
         monkeypatch.delenv("FUSED_RNN_STEPWISE_GRAPHS", raising=False)
+    else:
+        monkeypatch.setenv("FUSED_RNN_STEPWISE_GRAPHS", "0")
 
 
 def _outputs_and_grads(module, x, lengths=None):
@@ -161,9 +162,9 @@ def test_another_stream(monkeypatch):
 
 
 def test_more_keys_than_the_cache_holds(monkeypatch):
-    """Twenty sequence lengths, each called three times, forward and backward (the cache keeps
-    16 captured loops a step type, so early keys are evicted and captured again): every call
-    right."""
+    """Twenty sequence lengths one after another, each called three times, forward and backward
+    (the cache keeps 16 captured loops a step type; a loop unused for 32 calls is replaced, so
+    early keys are evicted and captured again): every call right."""
     torch.manual_seed(33)
     dtype = torch.bfloat16
     module = fused_rnn.LSTM(4, 16, algo="stepwise").to(device="cuda", dtype=dtype)
@@ -176,15 +177,47 @@ def test_more_keys_than_the_cache_holds(monkeypatch):
             _assert_close(_outputs_and_grads(module, x), eager, dtype, (steps, call))
 
 
+def test_a_working_set_larger_than_the_cache(monkeypatch):
+    """Twenty sequence lengths in turn, six rounds, forward and backward: the loops in use are
+    never replaced (each is used every 20 calls, under the 32 that make one cold), so once the
+    loops left by earlier tests have gone cold, 16 keys a step type replay and 4 run eager,
+    rather than every call capturing and evicting. Every call right; the last round replays
+    exactly 16 forward and 16 backward graphs."""
+    torch.manual_seed(38)
+    dtype = torch.bfloat16
+    module = fused_rnn.LSTM(4, 16, algo="stepwise").to(device="cuda", dtype=dtype)
+    inputs = [torch.randn(steps, 3, 4, device="cuda", dtype=dtype) for steps in range(2, 22)]
+    _set_graphs(monkeypatch, False)
+    eager = [_outputs_and_grads(module, x) for x in inputs]
+    _set_graphs(monkeypatch, True)
+    for round_ in range(5):
+        for x, expected in zip(inputs, eager):
+            _assert_close(_outputs_and_grads(module, x), expected, dtype, (round_, len(x)))
+
+    def last_round():
+        return [_outputs_and_grads(module, x) for x in inputs]
+
+    results, (_, graphs) = _profiled(last_round)
+    for x, result, expected in zip(inputs, results, eager):
+        _assert_close(result, expected, dtype, ("last", len(x)))
+    assert graphs == 2 * 16, graphs
+
+
 def test_aten_gemm_is_never_captured(monkeypatch):
     """With FUSED_RNN_STEP_GEMM=aten the products are ATen's, which the loop does not capture
     (their cuBLAS workspace would come from the graph's pool): eager, right, no graph, and the
-    process's RNG still works afterwards (a failed capture would have left it in capture mode)."""
+    process's RNG still works afterwards (a failed capture would have left it in capture mode).
+    The same shape is captured first without the variable: that loop must not replay with it
+    (at 6ea377d it did, its key being found before the variable was read)."""
     torch.manual_seed(37)
     dtype = torch.bfloat16
-    monkeypatch.setenv("FUSED_RNN_STEP_GEMM", "aten")
     module = fused_rnn.LSTM(4, 16, algo="stepwise").to(device="cuda", dtype=dtype)
     x = torch.randn(8, 3, 4, device="cuda", dtype=dtype)
+    _set_graphs(monkeypatch, True)
+    monkeypatch.delenv("FUSED_RNN_STEP_GEMM", raising=False)
+    for _ in range(3):  # eager, capture, replay: this key now has a captured loop
+        _outputs_and_grads(module, x)
+    monkeypatch.setenv("FUSED_RNN_STEP_GEMM", "aten")
     _set_graphs(monkeypatch, False)
     eager = _outputs_and_grads(module, x)
     _set_graphs(monkeypatch, True)

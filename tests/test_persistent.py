@@ -247,26 +247,34 @@ def test_cuda_refuses_what_does_not_fit_in_shared_memory():
 
 @pytest.mark.cuda
 @needs_cuda
-@pytest.mark.parametrize("cell, batch, hidden, dtype, mma, persistent", [
-    ("lstm", 8, 128, torch.float32, None, True),      # long_tiny: 4k multiply-adds per block-step
-    ("gru", 64, 512, torch.float32, None, True),      # GRU mid: 393k, under FFMA's 400k
-    ("lstm", 64, 512, torch.float32, None, False),    # LSTM mid: 524k, over it
-    ("lstm", 64, 512, torch.bfloat16, None, True),    # on tensor cores: under their 1.8M
-    ("lstm", 64, 512, torch.bfloat16, "0", False),    # tensor cores off: FFMA's limit
-    ("gru", 64, 1024, torch.bfloat16, None, True),    # GRU deepbench_1024: 1.57M
-    ("lstm", 64, 1024, torch.bfloat16, None, False),  # LSTM deepbench_1024: 2.1M
-    ("lstm", 256, 1024, torch.bfloat16, None, False),  # large_batch: cuBLAS's tensor cores win
-], ids=["long_tiny", "gru_mid", "lstm_mid_fp32", "lstm_mid_bf16", "lstm_mid_bf16_ffma",
-        "gru_deepbench_bf16", "lstm_deepbench_bf16", "large_batch"])
-def test_cuda_auto_picks_by_work_per_block(cell, batch, hidden, dtype, mma, persistent, monkeypatch):
+@pytest.mark.parametrize("cell, batch, hidden, dtype, mma, graphs, persistent", [
+    ("lstm", 8, 128, torch.float32, None, None, True),     # long_tiny: 4k multiply-adds a block-step
+    ("gru", 64, 512, torch.float32, None, None, True),     # GRU mid: 393k, under FFMA's 400k
+    ("lstm", 64, 512, torch.float32, None, None, False),   # LSTM mid: 524k, over it
+    # Half types against the stepwise loop replayed from graphs (their default): 200k.
+    ("lstm", 16, 256, torch.bfloat16, None, None, True),   # small_batch: 33k
+    ("lstm", 64, 512, torch.bfloat16, None, None, False),  # LSTM mid: 524k
+    # Against the eager stepwise loop (FUSED_RNN_STEPWISE_GRAPHS=0): tensor cores' 1.8M.
+    ("lstm", 64, 512, torch.bfloat16, None, "0", True),
+    ("lstm", 64, 512, torch.bfloat16, "0", "0", False),    # tensor cores off: FFMA's limit
+    ("gru", 64, 1024, torch.bfloat16, None, "0", True),    # GRU deepbench_1024: 1.57M
+    ("lstm", 64, 1024, torch.bfloat16, None, "0", False),  # LSTM deepbench_1024: 2.1M
+    ("lstm", 256, 1024, torch.bfloat16, None, None, False),  # large_batch: 8.4M
+], ids=["long_tiny", "gru_mid", "lstm_mid_fp32", "small_batch_bf16", "lstm_mid_bf16",
+        "lstm_mid_bf16_eager", "lstm_mid_bf16_ffma_eager", "gru_deepbench_bf16_eager",
+        "lstm_deepbench_bf16_eager", "large_batch"])
+def test_cuda_auto_picks_by_work_per_block(cell, batch, hidden, dtype, mma, graphs, persistent,
+                                           monkeypatch):
     """auto's choice (auto_picks_persistent_on_cuda; the work counts assume an H100/H200's 132
     SMs), seen in the kernels that ran."""
     if torch.cuda.get_device_properties(0).multi_processor_count != 132:
         pytest.skip("the work per block depends on the number of SMs")
-    if mma is None:
-        monkeypatch.delenv("FUSED_RNN_PERSISTENT_MMA", raising=False)
-    else:
-        monkeypatch.setenv("FUSED_RNN_PERSISTENT_MMA", mma)
+    for variable, value in (("FUSED_RNN_PERSISTENT_MMA", mma),
+                            ("FUSED_RNN_STEPWISE_GRAPHS", graphs)):
+        if value is None:
+            monkeypatch.delenv(variable, raising=False)
+        else:
+            monkeypatch.setenv(variable, value)
     case = make_case(cell, 3, batch, 16, hidden, dtype=dtype, device="cuda", requires_grad=False)
     case.run()  # warm up outside the profiler
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:

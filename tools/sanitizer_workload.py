@@ -25,6 +25,9 @@ def main(argv) -> int:
     # --mma: the persistent kernels multiply bfloat16 on tensor cores (the default), =require.
     if "--mma" in argv:
         os.environ["FUSED_RNN_PERSISTENT_MMA"] = "require"
+    # --graphs: each stepwise case three times (eager, capture, replay: bfloat16's loops replayed
+    # from the graphs the ops capture, csrc/sequence/graphed_loop.h), every result checked.
+    stepwise_calls = 3 if "--graphs" in argv else 1
     torch.manual_seed(0)
     failures = 0
     for cell in CELLS:
@@ -40,12 +43,14 @@ def main(argv) -> int:
                     if algo == "persistent":  # it refuses state dropout
                         case = dataclasses.replace(case, state_mask=None)
                         ref = outputs_and_grads(case.converted(torch.float64, "cpu"), "reference")
-                    fused = outputs_and_grads(dataclasses.replace(case, algo=algo), "fused")
-                    for a, b in zip(fused[0] + fused[1], ref[0] + ref[1]):
-                        err = ((a.double().cpu() - b).norm() / b.norm().clamp_min(1e-12)).item()
-                        if not err < (5e-2 if dtype == torch.bfloat16 else 1e-4):
-                            failures += 1
-                            print(f"MISMATCH {cell} {dtype} reverse={reverse} {algo}: rel err {err:.2e}")
+                    for call in range(stepwise_calls if algo == "stepwise" else 1):
+                        fused = outputs_and_grads(dataclasses.replace(case, algo=algo), "fused")
+                        for a, b in zip(fused[0] + fused[1], ref[0] + ref[1]):
+                            err = ((a.double().cpu() - b).norm() / b.norm().clamp_min(1e-12)).item()
+                            if not err < (5e-2 if dtype == torch.bfloat16 else 1e-4):
+                                failures += 1
+                                print(f"MISMATCH {cell} {dtype} reverse={reverse} {algo} call {call}: "
+                                      f"rel err {err:.2e}")
     torch.cuda.synchronize()
     print("sanitizer workload done, mismatches:", failures)
     return 1 if failures else 0

@@ -76,11 +76,6 @@ bool lt_data_type(at::ScalarType dtype, cudaDataType_t* type) {
   }
 }
 
-bool aten_requested() {
-  const char* value = std::getenv("FUSED_RNN_STEP_GEMM");
-  return value != nullptr && std::strcmp(value, "aten") == 0;
-}
-
 // The operands one plan serves: what the layouts and the heuristic's answer depend on.
 struct PlanKey {
   int64_t M, lda, ldo;
@@ -173,12 +168,18 @@ struct LtStepGemm::Impl {
   }
 };
 
+bool step_gemm_aten_requested() {
+  const char* value = std::getenv("FUSED_RNN_STEP_GEMM");
+  return value != nullptr && std::strcmp(value, "aten") == 0;
+}
+
 LtStepGemm::LtStepGemm(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 LtStepGemm::~LtStepGemm() = default;
 
 std::unique_ptr<LtStepGemm> LtStepGemm::make(const at::Tensor& w, bool transposed) {
   cudaDataType_t type{};
-  if (!w.is_cuda() || w.dim() != 2 || !lt_data_type(w.scalar_type(), &type) || aten_requested()) {
+  if (!w.is_cuda() || w.dim() != 2 || !lt_data_type(w.scalar_type(), &type) ||
+      step_gemm_aten_requested()) {
     return nullptr;
   }
   auto impl = std::make_unique<Impl>();

@@ -24,6 +24,9 @@
 
 namespace fused_rnn {
 
+// Whether FUSED_RNN_STEP_GEMM=aten sends every step's product to ATen's GEMM.
+bool step_gemm_aten_requested();
+
 class LtStepGemm {
  public:
   // For the right operand w of every step's product, row-major on CUDA: [N, K] when

@@ -1,15 +1,14 @@
 // The stepwise CUDA loops replayed from CUDA graphs, captured once per shape and W_hh.
 //
-// Why: on an H200 the eager bf16 stepwise loop is host-bound. Replayed from a graph by the
-// benchmark (torch.cuda.make_graphed_callables around the module) the same loop ran 2-3.7x
-// cuDNN at mid, deepbench_1024, big_h and large_batch against 1.10-1.39x eager
-// (benchmarks/results/h200_gpu_check_c3d4ece). This does it inside the ops, for every caller.
+// Why: the eager half-type stepwise loop is host-bound (two launches and a cuBLASLt call a step).
+// Measured on an H200 (benchmarks/results/h200_gpu_check_6ea377d, one run, against cuDNN), bf16
+// LSTM and GRU at mid, deepbench_1024, big_h and large_batch: eager 1.10-1.36x, replayed from
+// these graphs 1.53-3.14x (forward 1.53-2.60x, training 1.71-3.14x).
 //
-// OPT-IN and NOT YET RUN ON A GPU: only with FUSED_RNN_STEPWISE_GRAPHS=1 (compiled for sm_80 and
-// sm_90; tests/test_cuda_graphed_loop.py and tools/gpu_check.sh check it where there is a GPU).
-// float16 and bfloat16 only: their GEMM is cuBLASLt with a workspace that outlives every graph
-// (cuda/step_gemm_cublaslt.h), while ATen's GEMM (float32) would take its workspace for the
-// capture stream from the graph's own pool, freed with the graph.
+// ON BY DEFAULT for float16 and bfloat16 on CUDA; FUSED_RNN_STEPWISE_GRAPHS=0 turns it off.
+// float32 and float64 keep the eager loop: their GEMM is ATen's, which would take its cuBLAS
+// workspace for the capture stream from the graph's own pool, freed with the graph (the half
+// types' cuBLASLt workspace outlives every graph: cuda/step_gemm_cublaslt.h).
 //
 // How: a graph's launches have fixed arguments, so what changes between calls goes through
 // device memory. A captured loop owns the buffers its GEMMs read and write (forward: the state h
@@ -19,6 +18,13 @@
 // replays, and copies the state (backward: and d_pre) out, all on its stream. W_hh is read where
 // the capture found it: the key holds its address, and at replay that address holds the calling
 // op's W_hh.
+//
+// What the cache holds (its buffers stay allocated between calls; a backward's d_pre is as
+// large as the saved gates), per step type and device: at most kMaxCapturedLoops loops and
+// 1/kCapturedMemoryShare of the device's memory. A loop unused for kColdCalls calls of its
+// step type may be replaced; while none is, a new key runs the eager loop. So a model with more
+// keys than fit (sequence lengths that vary from batch to batch make a key each) replays what
+// fits and runs the rest eager, instead of capturing on every call.
 //
 // What keeps a capture from failing or taking in foreign work (a failed capture would leave
 // torch's allocator and RNG in capture mode for the process):
@@ -34,10 +40,12 @@
 
 #ifdef FUSED_RNN_WITH_CUDA
 #include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <c10/util/accumulate.h>
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
@@ -49,6 +57,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../cuda/step_gemm_cublaslt.h"
 #include "common.h"
 #include "fused_rnn/cell_steps.h"
 #include "fused_rnn/launch.h"
@@ -56,9 +65,12 @@
 
 namespace fused_rnn {
 
-inline bool stepwise_graphs_requested() {
+// Whether the half types' stepwise loops may run from graphs: unless FUSED_RNN_STEPWISE_GRAPHS=0
+// or FUSED_RNN_STEP_GEMM=aten (ATen's products are never captured; checked per call, so that a
+// loop captured before the switch is not replayed after it).
+inline bool stepwise_graphs_enabled() {
   const char* value = std::getenv("FUSED_RNN_STEPWISE_GRAPHS");
-  return value != nullptr && std::strcmp(value, "1") == 0;
+  return (value == nullptr || std::strcmp(value, "0") != 0) && !step_gemm_aten_requested();
 }
 
 // A step struct pointed at a captured loop's buffers. Forward (every forward step has h and hh):
@@ -96,14 +108,17 @@ struct CapturedLoop {
   Tensor state;    // [B, P] forward h, backward dh
   Tensor product;  // forward hh [B, N]; backward d_pre [T, B, N]
   Tensor steps;    // [T * sizeof(Step)] bytes: the replaying call's step structs, in loop order
-  uint64_t last_use = 0;
+  uint64_t last_use = 0;  // the cache's call count at its last replay (or capture)
+
+  int64_t bytes() const { return state.nbytes() + product.nbytes() + steps.nbytes(); }
 };
 
-// Each captured loop holds its buffers and its graph's memory (a backward's d_pre is as large as
-// the saved gates): at most this many per step type, the least recently used one replaced. A
-// model cycles through one key per layer and direction (and sequence length): a 4-layer
-// bidirectional LSTM has 8 forward and 8 backward keys.
+// The cache's bounds, per step type and device (see the top of this file). A model cycles
+// through one key per layer and direction (and sequence length): a 4-layer bidirectional LSTM
+// has 8 forward and 8 backward keys.
 constexpr size_t kMaxCapturedLoops = 16;
+constexpr int64_t kCapturedMemoryShare = 64;  // at most 1/64 of the device's memory
+constexpr uint64_t kColdCalls = 2 * kMaxCapturedLoops;
 
 // The stream this file captures on, one per device, created once and never destroyed (a stream
 // from torch's pool may also be a user's, whose launches during our capture would be captured).
@@ -135,7 +150,7 @@ struct CapturedLoops {
   std::mutex mutex;  // held from lookup to the end of a call's enqueued work
   std::vector<std::unique_ptr<CapturedLoop>> loops;
   std::vector<CapturedLoopKey> seen_once;  // keys met once and not captured yet (bounded)
-  uint64_t uses = 0;
+  uint64_t calls = 0;  // find_or_capture's calls: what a loop's last_use counts in
 
   static CapturedLoops& instance() {
     static auto* loops = new CapturedLoops();
@@ -143,28 +158,33 @@ struct CapturedLoops {
   }
 
   // The loop for `key`, or nullptr where the caller is to run its eager loop: on the key's
-  // first call, and where ready(loop, gemm) says a product would not run on cuBLASLt. Else
-  // captured by capture_steps(loop, steps, gemm) on the key's second call: gemm is made on the
-  // replay stream (so that cuBLASLt's workspace is that stream's), the launches are captured on
-  // capture_stream (graphs cannot capture the default stream).
+  // first call, where the cache has no room (make_room), and where ready(loop, gemm) says a
+  // product would not run on cuBLASLt. Else captured by capture_steps(loop, steps, gemm) on the
+  // key's second call: gemm is made on the replay stream (so that cuBLASLt's workspace is that
+  // stream's), the launches are captured on capture_stream (graphs cannot capture the default
+  // stream).
   template <class Ready, class Capture>
   CapturedLoop* find_or_capture(const CapturedLoopKey& key, const Tensor& state, const Tensor& w,
                                 bool transposed, const std::vector<int64_t>& product_sizes,
                                 const Ready& ready, const Capture& capture_steps) {
+    ++calls;
     for (const auto& loop : loops) {
       if (loop->key == key) return touch(loop.get());
     }
     if (!seen_before(key)) return nullptr;
+    const int64_t element = state.element_size();
+    const int64_t steps_bytes = key.T * static_cast<int64_t>(sizeof(Step));
+    const int64_t bytes = (key.B * key.P + c10::multiply_integers(product_sizes)) * element +
+                          steps_bytes;
+    if (!make_room(key.device, bytes)) return nullptr;
     auto loop = std::make_unique<CapturedLoop>();
     loop->key = key;
     loop->state = at::empty({key.B, key.P}, state.options());
     loop->product = at::empty(product_sizes, state.options());
-    loop->steps = at::empty({key.T * static_cast<int64_t>(sizeof(Step))},
-                            state.options().dtype(at::kByte));
+    loop->steps = at::empty({steps_bytes}, state.options().dtype(at::kByte));
     const StepGemm gemm(w, transposed, key.T * key.B);
     if (!ready(*loop, gemm)) return nullptr;
     load_cuda_from_device_kernel<Step>();
-    if (loops.size() >= kMaxCapturedLoops) evict_least_recent();
     loop->graph = std::make_unique<at::cuda::CUDAGraph>();
     {
       const std::lock_guard<std::mutex> one_capture(capture_mutex());
@@ -186,6 +206,32 @@ struct CapturedLoops {
     return touch(loops.back().get());
   }
 
+  // Whether a loop of `bytes` fits among this cache's loops on `device` (kMaxCapturedLoops of
+  // them, 1/kCapturedMemoryShare of the device's memory), after replacing loops unused for
+  // kColdCalls calls, least recently used first. A loop in use stays: a model with more keys
+  // than fit then runs some eager, rather than capturing and replacing on every call.
+  bool make_room(int device, int64_t bytes) {
+    const int64_t limit = static_cast<int64_t>(
+        at::cuda::getDeviceProperties(device)->totalGlobalMem / kCapturedMemoryShare);
+    if (bytes > limit) return false;
+    while (true) {
+      int64_t held = 0;
+      size_t on_device = 0;
+      auto oldest = loops.end();
+      for (auto it = loops.begin(); it != loops.end(); ++it) {
+        if ((*it)->key.device != device) continue;
+        held += (*it)->bytes();
+        ++on_device;
+        if (oldest == loops.end() || (*it)->last_use < (*oldest)->last_use) oldest = it;
+      }
+      if (on_device < kMaxCapturedLoops && held + bytes <= limit) return true;
+      if (calls - (*oldest)->last_use < kColdCalls) return false;
+      // A replay may still run: its graph's memory returns to the allocator when it is destroyed.
+      C10_CUDA_CHECK(cudaStreamSynchronize((*oldest)->key.stream));
+      loops.erase(oldest);
+    }
+  }
+
   // Whether `key` was met before (and forgets it then); else remembers it.
   bool seen_before(const CapturedLoopKey& key) {
     for (auto it = seen_once.begin(); it != seen_once.end(); ++it) {
@@ -200,31 +246,25 @@ struct CapturedLoops {
   }
 
   CapturedLoop* touch(CapturedLoop* loop) {
-    loop->last_use = ++uses;
+    loop->last_use = calls;
     return loop;
-  }
-
-  void evict_least_recent() {
-    auto oldest = loops.begin();
-    for (auto it = loops.begin(); it != loops.end(); ++it) {
-      if ((*it)->last_use < (*oldest)->last_use) oldest = it;
-    }
-    // A replay may still run: its graph's memory returns to the allocator when it is destroyed.
-    C10_CUDA_CHECK(cudaStreamSynchronize((*oldest)->key.stream));
-    loops.erase(oldest);
   }
 };
 
+// The types whose loops are captured: those whose products are cuBLASLt's.
+template <typename T>
+constexpr bool kGraphedType = std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>;
+
 // Whether a stepwise loop of T steps on `state` [B, P], H columns a step, may run from a
-// graph: where FUSED_RNN_STEPWISE_GRAPHS=1 asks for it and nothing rules it out: not CUDA, not
-// a half type, state dropout (its masked copy of the state is made per step), fewer than 2
-// steps, an empty state or step (a launch of no blocks is an error), or a capture already
-// running on this stream (the caller's own graph).
-template <typename scalar_t>
-bool use_graphed_loop(int64_t T, const Tensor& state, int64_t H, const StateDropout& dropout) {
-  constexpr bool half = std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>;
-  if (!half || !state.is_cuda() || !stepwise_graphs_requested() || dropout.active() || T < 2 ||
-      state.size(0) == 0 || state.size(1) == 0 || H == 0) {
+// graph: unless stepwise_graphs_enabled() says no or something rules it out: not CUDA, not a
+// half type, state dropout (its masked copy of the state is made per step), fewer than 2 steps,
+// an empty state or step (a launch of no blocks is an error), or a capture already running on
+// this stream (the caller's own graph). (Whether it then does: CapturedLoops::find_or_capture.)
+inline bool use_graphed_loop(int64_t T, const Tensor& state, int64_t H,
+                             const StateDropout& dropout) {
+  const bool half = state.scalar_type() == at::kHalf || state.scalar_type() == at::kBFloat16;
+  if (!half || !state.is_cuda() || dropout.active() || T < 2 || state.size(0) == 0 ||
+      state.size(1) == 0 || H == 0 || !stepwise_graphs_enabled()) {
     return false;
   }
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
@@ -246,38 +286,44 @@ bool graphed_forward(int64_t T, bool reverse, const Tensor& h, const Tensor& w, 
                      const StateDropout& dropout, const StepAt& step_at) {
   using Step = decltype(step_at(int64_t{0}));
   using scalar_t = typename Step::scalar_type;
-  if (!use_graphed_loop<scalar_t>(T, h, H, dropout)) return false;
-  const int64_t B = h.size(0), N = w.size(0);
-  // Loop order does not depend on `reverse` here: step s reads the struct at s, whichever time
-  // it is for. So both directions share a captured loop.
-  const CapturedLoopKey key = captured_loop_key(T, h, H, N, /*reverse=*/false, w);
-  CapturedLoops<Step>& cache = CapturedLoops<Step>::instance();
-  const std::lock_guard<std::mutex> lock(cache.mutex);
-  CapturedLoop* loop = cache.find_or_capture(
-      key, h, w, /*transposed=*/true, {B, N},
-      [&](const CapturedLoop& captured, const StepGemm& gemm) {
-        return gemm.runs_on_cublaslt(captured.product, captured.state, /*accumulate=*/false);
-      },
-      [&](const CapturedLoop& captured, const Step* steps, const StepGemm& gemm) {
-        for (int64_t s = 0; s < T; ++s) {
-          gemm(captured.product, captured.state, /*accumulate=*/false);
-          launch_cuda_from_device(steps + s, B, H);
-        }
-      });
-  if (loop == nullptr) return false;
-  std::vector<Step> steps;
-  steps.reserve(T);
-  for (int64_t s = 0; s < T; ++s) {
-    Step step = step_at(time_at(s, T, reverse));
-    point_forward_at_loop(step, loop->state.template data_ptr<scalar_t>(),
-                          loop->product.template data_ptr<scalar_t>());
-    steps.push_back(step);
+  // Other types must not instantiate what follows (only the half types' from-device step
+  // kernels are built).
+  if constexpr (!kGraphedType<scalar_t>) {
+    return false;
+  } else {
+    if (!use_graphed_loop(T, h, H, dropout)) return false;
+    const int64_t B = h.size(0), N = w.size(0);
+    // Loop order does not depend on `reverse` here: step s reads the struct at s, whichever time
+    // it is for. So both directions share a captured loop.
+    const CapturedLoopKey key = captured_loop_key(T, h, H, N, /*reverse=*/false, w);
+    CapturedLoops<Step>& cache = CapturedLoops<Step>::instance();
+    const std::lock_guard<std::mutex> lock(cache.mutex);
+    CapturedLoop* loop = cache.find_or_capture(
+        key, h, w, /*transposed=*/true, {B, N},
+        [&](const CapturedLoop& captured, const StepGemm& gemm) {
+          return gemm.runs_on_cublaslt(captured.product, captured.state, /*accumulate=*/false);
+        },
+        [&](const CapturedLoop& captured, const Step* steps, const StepGemm& gemm) {
+          for (int64_t s = 0; s < T; ++s) {
+            gemm(captured.product, captured.state, /*accumulate=*/false);
+            launch_cuda_from_device(steps + s, B, H);
+          }
+        });
+    if (loop == nullptr) return false;
+    std::vector<Step> steps;
+    steps.reserve(T);
+    for (int64_t s = 0; s < T; ++s) {
+      Step step = step_at(time_at(s, T, reverse));
+      point_forward_at_loop(step, loop->state.template data_ptr<scalar_t>(),
+                            loop->product.template data_ptr<scalar_t>());
+      steps.push_back(step);
+    }
+    loop->steps.copy_(pinned_copy(steps), /*non_blocking=*/true);
+    loop->state.copy_(h);
+    loop->graph->replay();
+    h.copy_(loop->state);
+    return true;
   }
-  loop->steps.copy_(pinned_copy(steps), /*non_blocking=*/true);
-  loop->state.copy_(h);
-  loop->graph->replay();
-  h.copy_(loop->state);
-  return true;
 }
 
 // backward_loop's stepwise CUDA loop (step_at(t), then dh += d_pre[t] · W_hh, for t from the
@@ -289,43 +335,49 @@ bool graphed_backward(int64_t T, bool reverse, const Tensor& dh, const Tensor& d
                       const StepAt& step_at) {
   using Step = decltype(step_at(int64_t{0}));
   using scalar_t = typename Step::scalar_type;
-  if (!use_graphed_loop<scalar_t>(T, dh, H, dropout)) return false;
-  const int64_t B = dh.size(0), N = w.size(0);
-  // The GEMM of loop position i reads d_pre row t(i), which depends on `reverse`.
-  const CapturedLoopKey key = captured_loop_key(T, dh, H, N, reverse, w);
-  auto t_of = [&](int64_t i) { return time_at(T - 1 - i, T, reverse); };
-  CapturedLoops<Step>& cache = CapturedLoops<Step>::instance();
-  const std::lock_guard<std::mutex> lock(cache.mutex);
-  CapturedLoop* loop = cache.find_or_capture(
-      key, dh, w, /*transposed=*/false, {T, B, N},
-      [&](const CapturedLoop& captured, const StepGemm& gemm) {
-        for (int64_t t = 0; t < T; ++t) {  // each row of d_pre has its own alignment
-          if (!gemm.runs_on_cublaslt(captured.state, captured.product.select(0, t), true)) return false;
-        }
-        return true;
-      },
-      [&](const CapturedLoop& captured, const Step* steps, const StepGemm& gemm) {
-        for (int64_t i = 0; i < T; ++i) {
-          launch_cuda_from_device(steps + i, B, H);
-          gemm(captured.state, captured.product.select(0, t_of(i)), /*accumulate=*/true);
-        }
-      });
-  if (loop == nullptr) return false;
-  std::vector<Step> steps;
-  steps.reserve(T);
-  for (int64_t i = 0; i < T; ++i) {
-    const int64_t t = t_of(i);
-    Step step = step_at(t);
-    step.dh = loop->state.template data_ptr<scalar_t>();
-    d_pre_of(step) = loop->product.template data_ptr<scalar_t>() + t * B * N;
-    steps.push_back(step);
+  // Other types must not instantiate what follows (only the half types' from-device step
+  // kernels are built).
+  if constexpr (!kGraphedType<scalar_t>) {
+    return false;
+  } else {
+    if (!use_graphed_loop(T, dh, H, dropout)) return false;
+    const int64_t B = dh.size(0), N = w.size(0);
+    // The GEMM of loop position i reads d_pre row t(i), which depends on `reverse`.
+    const CapturedLoopKey key = captured_loop_key(T, dh, H, N, reverse, w);
+    auto t_of = [&](int64_t i) { return time_at(T - 1 - i, T, reverse); };
+    CapturedLoops<Step>& cache = CapturedLoops<Step>::instance();
+    const std::lock_guard<std::mutex> lock(cache.mutex);
+    CapturedLoop* loop = cache.find_or_capture(
+        key, dh, w, /*transposed=*/false, {T, B, N},
+        [&](const CapturedLoop& captured, const StepGemm& gemm) {
+          for (int64_t t = 0; t < T; ++t) {  // each row of d_pre has its own alignment
+            if (!gemm.runs_on_cublaslt(captured.state, captured.product.select(0, t), true)) return false;
+          }
+          return true;
+        },
+        [&](const CapturedLoop& captured, const Step* steps, const StepGemm& gemm) {
+          for (int64_t i = 0; i < T; ++i) {
+            launch_cuda_from_device(steps + i, B, H);
+            gemm(captured.state, captured.product.select(0, t_of(i)), /*accumulate=*/true);
+          }
+        });
+    if (loop == nullptr) return false;
+    std::vector<Step> steps;
+    steps.reserve(T);
+    for (int64_t i = 0; i < T; ++i) {
+      const int64_t t = t_of(i);
+      Step step = step_at(t);
+      step.dh = loop->state.template data_ptr<scalar_t>();
+      d_pre_of(step) = loop->product.template data_ptr<scalar_t>() + t * B * N;
+      steps.push_back(step);
+    }
+    loop->steps.copy_(pinned_copy(steps), /*non_blocking=*/true);
+    loop->state.copy_(dh);
+    loop->graph->replay();
+    dh.copy_(loop->state);
+    d_pre.copy_(loop->product);
+    return true;
   }
-  loop->steps.copy_(pinned_copy(steps), /*non_blocking=*/true);
-  loop->state.copy_(dh);
-  loop->graph->replay();
-  dh.copy_(loop->state);
-  d_pre.copy_(loop->product);
-  return true;
 }
 
 }  // namespace fused_rnn

@@ -55,20 +55,31 @@ inline bool persistent_uses_tensor_cores(const Tensor& state) {
 //   FFMA (float32, float64; benchmarks/results/h200_gpu_check_6b5bb7f): persistent wins at
 //   small_batch (8k-33k), long_tiny (1k-4k), mid RNN (131k) and GRU (393k: 17% faster forward,
 //   3% slower training), and loses at mid LSTM (524k: 17% slower forward) and beyond.
-//   Tensor cores (bf16; h200_gpu_check_c3d4ece): persistent wins at mid LSTM (524k: 1.8x forward,
-//   1.4x training) and GRU (393k: 2x, 1.5x) and at deepbench_1024 GRU (1.57M: 10% forward, 4%
+//   Tensor cores (bf16) against the eager stepwise loop (h200_gpu_check_c3d4ece, used where
+//   FUSED_RNN_STEPWISE_GRAPHS=0): persistent wins at mid LSTM (524k: 1.8x forward, 1.4x
+//   training) and GRU (393k: 2x, 1.5x) and at deepbench_1024 GRU (1.57M: 10% forward, 4%
 //   training), and loses at deepbench_1024 LSTM (2.1M: 10% slower forward, 23% training) and
 //   large_batch (8.4M: 3-4x slower).
+//   Tensor cores against the stepwise loop replayed from graphs (the default for half types,
+//   graphed_loop.h; h200_gpu_check_6ea377d): persistent loses at mid LSTM (524k: 1.19 against
+//   1.03 ms forward, 3.49 against 2.15 training) and GRU (393k: even forward, 2.96 against
+//   1.88 training) and beyond. small_batch (33k) and long_tiny (4k) keep the persistent kernel:
+//   graph replay still pays a node a launch, which the persistent step does not (not measured
+//   against each other yet).
 constexpr int64_t kAutoPersistentMaxWork = 400 * 1000;
 constexpr int64_t kAutoPersistentMaxWorkTensorCores = 1800 * 1000;
+constexpr int64_t kAutoPersistentMaxWorkAgainstGraphs = 200 * 1000;
 
-inline bool auto_picks_persistent_on_cuda(const Tensor& state, int64_t H, int64_t gates) {
+// `stepwise_graphed`: whether the stepwise loop would run from graphs (use_graphed_loop).
+inline bool auto_picks_persistent_on_cuda(const Tensor& state, int64_t H, int64_t gates,
+                                          bool stepwise_graphed) {
   int multiprocessors = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount,
                                         state.device().index()));
   const int64_t work = state.size(0) * gates * persistent_units_per_block(H, multiprocessors) * H;
-  return work <= (persistent_uses_tensor_cores(state) ? kAutoPersistentMaxWorkTensorCores
-                                                      : kAutoPersistentMaxWork);
+  if (!persistent_uses_tensor_cores(state)) return work <= kAutoPersistentMaxWork;
+  return work <= (stepwise_graphed ? kAutoPersistentMaxWorkAgainstGraphs
+                                   : kAutoPersistentMaxWorkTensorCores);
 }
 #endif
 

@@ -5,8 +5,8 @@
 //               with AVX2 + FMA (float, sizes multiples of 16) the packed, threaded recurrence
 //               (csrc/cpu/recurrence.h);
 //   stepwise:   one GEMM (gemm.h StepGemm) and one launch_step per time step, for everything
-//               else; on CUDA with FUSED_RNN_STEPWISE_GRAPHS=1 both loops are replayed from
-//               CUDA graphs (graphed_loop.h; opt-in, not yet run on a GPU).
+//               else; on CUDA, for half types, both loops are replayed from CUDA graphs
+//               (graphed_loop.h; FUSED_RNN_STEPWISE_GRAPHS=0 turns that off).
 #pragma once
 
 #include <algorithm>
@@ -37,7 +37,7 @@ inline bool use_persistent(Algo algo, int64_t T, const Tensor& state, int64_t H,
   if (algo == Algo::kPersistent) return true;
   if (state.is_cpu()) return T * state.size(0) >= kMinRowsToPack;
 #ifdef FUSED_RNN_WITH_CUDA
-  return auto_picks_persistent_on_cuda(state, H, gates);
+  return auto_picks_persistent_on_cuda(state, H, gates, use_graphed_loop(T, state, H, dropout));
 #else
   return false;
 #endif
