@@ -9,6 +9,8 @@
 #include "fused_rnn/launch.h"
 
 #ifdef FUSED_RNN_WITH_CUDA
+#include "sequence/graphed_loop.h"
+
 namespace fused_rnn {
 std::string cuda_toolkit_version();
 std::string cuda_arch_list();
@@ -23,6 +25,16 @@ std::string cpu_simd_level() {
   if (cpu_has_avx2()) return "avx2";
 #endif
   return "scalar";
+}
+
+// Frees the stepwise loops the CUDA ops captured into graphs (sequence/graphed_loop.h);
+// returns the bytes of their buffers (0 in a build without CUDA).
+int64_t release_cuda_graphs() {
+#ifdef FUSED_RNN_WITH_CUDA
+  return release_captured_loops();
+#else
+  return 0;
+#endif
 }
 }  // namespace fused_rnn
 
@@ -66,6 +78,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("build_info", &build_info, "What this build of fused_rnn's kernels was compiled with");
   m.def("release_cpu_buffers", &fused_rnn::cpu::release_pooled_buffers,
         "Frees the host memory kept for reuse by the CPU ops; returns the bytes freed");
+  m.def("release_cuda_graphs", &fused_rnn::release_cuda_graphs,
+        "Frees the stepwise loops the CUDA ops captured into graphs; returns their buffers' bytes");
   m.def("cpu_buffer_bytes", &fused_rnn::cpu::pooled_bytes,
         "Bytes of host memory kept for reuse by the CPU ops, not in use");
 }

@@ -154,6 +154,8 @@ def test_reused_buffers_never_alias_live_tensors():
     del y1, y2
     assert fused_rnn.release_cpu_buffers() > 0
     assert fused_rnn.release_cpu_buffers() == 0
+    if not torch.cuda.is_available():  # nothing captured graphs (CUDA: test_cuda_graphed_loop.py)
+        assert fused_rnn.release_cuda_graphs() == 0
 
 
 # Pre-activations for the activation tests: dense over [-20, 20], where sigmoid and tanh change,

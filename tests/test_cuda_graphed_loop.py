@@ -251,3 +251,32 @@ def test_inside_a_callers_graph_capture(monkeypatch):
         _set_graphs(monkeypatch, False)
         expected, _ = module(static_x)
     assert _relative_error(static_y, expected) < TOLERANCE[torch.bfloat16]
+
+
+def test_release_frees_the_loops_and_later_calls_capture_again(monkeypatch):
+    """fused_rnn.release_cuda_graphs() frees every captured loop: it returns their buffers'
+    bytes (at least the backward's d_pre, T x B x 4H), the allocator's count drops by at least
+    that, a second release finds nothing; the next calls are right, eager, then captured again,
+    then replayed."""
+    torch.manual_seed(39)
+    dtype = torch.bfloat16
+    steps, batch, hidden = 30, 8, 64
+    module = fused_rnn.LSTM(4, hidden, algo="stepwise").to(device="cuda", dtype=dtype)
+    x = torch.randn(steps, batch, 4, device="cuda", dtype=dtype)
+    _set_graphs(monkeypatch, False)
+    eager = _outputs_and_grads(module, x)
+    _set_graphs(monkeypatch, True)
+    for _ in range(3):  # eager, capture, replay
+        _outputs_and_grads(module, x)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    released = fused_rnn.release_cuda_graphs()
+    d_pre_bytes = steps * batch * 4 * hidden * 2
+    assert released >= d_pre_bytes, (released, d_pre_bytes)
+    assert before - torch.cuda.memory_allocated() >= released
+    assert fused_rnn.release_cuda_graphs() == 0
+    for call in range(2):  # eager (the key was forgotten), capture
+        _assert_close(_outputs_and_grads(module, x), eager, dtype, call)
+    replayed, (_, graphs) = _profiled(lambda: _outputs_and_grads(module, x))
+    assert graphs == 2, graphs
+    _assert_close(replayed, eager, dtype, "replay")

@@ -51,6 +51,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -143,6 +144,17 @@ inline std::mutex& capture_mutex() {
   return *mutex;
 }
 
+// What frees each step type's captured loops (release_captured_loops), registered as each
+// cache is created.
+inline std::mutex& captured_loop_releasers_mutex() {
+  static auto* mutex = new std::mutex();
+  return *mutex;
+}
+inline std::vector<std::function<int64_t()>>& captured_loop_releasers() {
+  static auto* releasers = new std::vector<std::function<int64_t()>>();
+  return *releasers;
+}
+
 // The captured loops of one step type. Never destroyed (like the cuBLAS handles): at exit the
 // CUDA allocator their graphs would return memory to may be gone.
 template <class Step>
@@ -153,8 +165,27 @@ struct CapturedLoops {
   uint64_t calls = 0;  // find_or_capture's calls: what a loop's last_use counts in
 
   static CapturedLoops& instance() {
-    static auto* loops = new CapturedLoops();
+    static auto* loops = [] {
+      auto* created = new CapturedLoops();
+      const std::lock_guard<std::mutex> lock(captured_loop_releasers_mutex());
+      captured_loop_releasers().push_back([created] { return created->release(); });
+      return created;
+    }();
     return *loops;
+  }
+
+  // Frees every loop (after the replays queued on its stream) and forgets the keys met once;
+  // returns the bytes of the loops' buffers.
+  int64_t release() {
+    const std::lock_guard<std::mutex> lock(mutex);
+    int64_t bytes = 0;
+    for (const auto& loop : loops) {
+      C10_CUDA_CHECK(cudaStreamSynchronize(loop->key.stream));
+      bytes += loop->bytes();
+    }
+    loops.clear();
+    seen_once.clear();
+    return bytes;
   }
 
   // The loop for `key`, or nullptr where the caller is to run its eager loop: on the key's
@@ -250,6 +281,20 @@ struct CapturedLoops {
     return loop;
   }
 };
+
+// fused_rnn.release_cuda_graphs(): frees the captured loops of every step type, their buffers
+// and graphs; returns the bytes of the buffers. Later calls capture again (on a key's second
+// call).
+inline int64_t release_captured_loops() {
+  std::vector<std::function<int64_t()>> releasers;
+  {
+    const std::lock_guard<std::mutex> lock(captured_loop_releasers_mutex());
+    releasers = captured_loop_releasers();
+  }
+  int64_t bytes = 0;
+  for (const auto& release : releasers) bytes += release();
+  return bytes;
+}
 
 // The types whose loops are captured: those whose products are cuBLASLt's.
 template <typename T>
