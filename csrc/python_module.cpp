@@ -78,8 +78,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("build_info", &build_info, "What this build of fused_rnn's kernels was compiled with");
   m.def("release_cpu_buffers", &fused_rnn::cpu::release_pooled_buffers,
         "Frees the host memory kept for reuse by the CPU ops; returns the bytes freed");
+  // Without the GIL: it waits for each cache's lock and for queued replays, and a thread
+  // holding a cache's lock may need the GIL meanwhile (the allocator's Python stack traces).
   m.def("release_cuda_graphs", &fused_rnn::release_cuda_graphs,
-        "Frees the stepwise loops the CUDA ops captured into graphs; returns their buffers' bytes");
+        "Frees the stepwise loops the CUDA ops captured into graphs; returns their buffers' bytes",
+        pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("cpu_buffer_bytes", &fused_rnn::cpu::pooled_bytes,
         "Bytes of host memory kept for reuse by the CPU ops, not in use");
 }

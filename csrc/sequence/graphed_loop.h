@@ -103,6 +103,28 @@ struct CapturedLoopKey {
   }
 };
 
+// An event recorded after a captured loop's work on its stream, created at the first record on
+// the current device (the op's, under its device guard); destroyed with the loop.
+class DoneEvent {
+ public:
+  DoneEvent() = default;
+  DoneEvent(const DoneEvent&) = delete;
+  DoneEvent& operator=(const DoneEvent&) = delete;
+  ~DoneEvent() {
+    if (event_ != nullptr) (void)cudaEventDestroy(event_);  // no throwing from a destructor
+  }
+  void record(cudaStream_t stream) {
+    if (event_ == nullptr) C10_CUDA_CHECK(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming));
+    C10_CUDA_CHECK(cudaEventRecord(event_, stream));
+  }
+  void synchronize() const {
+    if (event_ != nullptr) C10_CUDA_CHECK(cudaEventSynchronize(event_));
+  }
+
+ private:
+  cudaEvent_t event_ = nullptr;
+};
+
 struct CapturedLoop {
   CapturedLoopKey key;
   std::unique_ptr<at::cuda::CUDAGraph> graph;
@@ -110,6 +132,9 @@ struct CapturedLoop {
   Tensor product;  // forward hh [B, N]; backward d_pre [T, B, N]
   Tensor steps;    // [T * sizeof(Step)] bytes: the replaying call's step structs, in loop order
   uint64_t last_use = 0;  // the cache's call count at its last replay (or capture)
+  // Recorded on key.stream after each call's replay and copies: what freeing the loop waits
+  // for (an event, not the stream, which may be a caller's stream destroyed since).
+  DoneEvent done;
 
   int64_t bytes() const { return state.nbytes() + product.nbytes() + steps.nbytes(); }
 };
@@ -180,7 +205,7 @@ struct CapturedLoops {
     const std::lock_guard<std::mutex> lock(mutex);
     int64_t bytes = 0;
     for (const auto& loop : loops) {
-      C10_CUDA_CHECK(cudaStreamSynchronize(loop->key.stream));
+      loop->done.synchronize();
       bytes += loop->bytes();
     }
     loops.clear();
@@ -258,7 +283,7 @@ struct CapturedLoops {
       if (on_device < kMaxCapturedLoops && held + bytes <= limit) return true;
       if (calls - (*oldest)->last_use < kColdCalls) return false;
       // A replay may still run: its graph's memory returns to the allocator when it is destroyed.
-      C10_CUDA_CHECK(cudaStreamSynchronize((*oldest)->key.stream));
+      (*oldest)->done.synchronize();
       loops.erase(oldest);
     }
   }
@@ -367,6 +392,7 @@ bool graphed_forward(int64_t T, bool reverse, const Tensor& h, const Tensor& w, 
     loop->state.copy_(h);
     loop->graph->replay();
     h.copy_(loop->state);
+    loop->done.record(key.stream);
     return true;
   }
 }
@@ -421,6 +447,7 @@ bool graphed_backward(int64_t T, bool reverse, const Tensor& dh, const Tensor& d
     loop->graph->replay();
     dh.copy_(loop->state);
     d_pre.copy_(loop->product);
+    loop->done.record(key.stream);
     return true;
   }
 }
