@@ -148,4 +148,9 @@ Tensor sequence_buffer(at::IntArrayRef sizes, const at::TensorOptions& options);
 // Empty placeholder returned for outputs that do not apply (inference, no peepholes, ...).
 inline Tensor absent(const Tensor& like) { return at::empty({0}, like.options()); }
 
+// float16 or bfloat16: the types with tensor-core products and cuBLASLt step GEMMs.
+inline bool is_half_type(const Tensor& t) {
+  return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
+}
+
 }  // namespace fused_rnn

@@ -137,6 +137,16 @@ struct CapturedLoop {
   DoneEvent done;
 
   int64_t bytes() const { return state.nbytes() + product.nbytes() + steps.nbytes(); }
+
+  // One call: its step structs (loop order) to the device, its state in, the replay, the state
+  // out, on the current stream (the key's).
+  template <class Step>
+  void replay(const std::vector<Step>& call_steps, const Tensor& call_state) {
+    steps.copy_(pinned_copy(call_steps), /*non_blocking=*/true);
+    state.copy_(call_state);
+    graph->replay();
+    call_state.copy_(state);
+  }
 };
 
 // The cache's bounds, per step type and device (see the top of this file). A model cycles
@@ -332,8 +342,7 @@ constexpr bool kGraphedType = std::is_same_v<T, c10::Half> || std::is_same_v<T, 
 // this stream (the caller's own graph). (Whether it then does: CapturedLoops::find_or_capture.)
 inline bool use_graphed_loop(int64_t T, const Tensor& state, int64_t H,
                              const StateDropout& dropout) {
-  const bool half = state.scalar_type() == at::kHalf || state.scalar_type() == at::kBFloat16;
-  if (!half || !state.is_cuda() || dropout.active() || T < 2 || state.size(0) == 0 ||
+  if (!is_half_type(state) || !state.is_cuda() || dropout.active() || T < 2 || state.size(0) == 0 ||
       state.size(1) == 0 || H == 0 || !stepwise_graphs_enabled()) {
     return false;
   }
@@ -388,10 +397,7 @@ bool graphed_forward(int64_t T, bool reverse, const Tensor& h, const Tensor& w, 
                             loop->product.template data_ptr<scalar_t>());
       steps.push_back(step);
     }
-    loop->steps.copy_(pinned_copy(steps), /*non_blocking=*/true);
-    loop->state.copy_(h);
-    loop->graph->replay();
-    h.copy_(loop->state);
+    loop->replay(steps, h);
     loop->done.record(key.stream);
     return true;
   }
@@ -442,10 +448,7 @@ bool graphed_backward(int64_t T, bool reverse, const Tensor& dh, const Tensor& d
       d_pre_of(step) = loop->product.template data_ptr<scalar_t>() + t * B * N;
       steps.push_back(step);
     }
-    loop->steps.copy_(pinned_copy(steps), /*non_blocking=*/true);
-    loop->state.copy_(dh);
-    loop->graph->replay();
-    dh.copy_(loop->state);
+    loop->replay(steps, dh);
     d_pre.copy_(loop->product);
     loop->done.record(key.stream);
     return true;

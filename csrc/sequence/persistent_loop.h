@@ -43,8 +43,7 @@ inline Experiment experiment_requested(const char* variable, Experiment unset = 
 // Whether the persistent kernels multiply on tensor cores: half types, unless
 // FUSED_RNN_PERSISTENT_MMA=0 (plan_grid below falls back to FFMA where their plan does not fit).
 inline bool persistent_uses_tensor_cores(const Tensor& state) {
-  const bool half = state.scalar_type() == at::kHalf || state.scalar_type() == at::kBFloat16;
-  return half && experiment_requested("FUSED_RNN_PERSISTENT_MMA", Experiment::kWhereItFits) !=
+  return is_half_type(state) && experiment_requested("FUSED_RNN_PERSISTENT_MMA", Experiment::kWhereItFits) !=
                      Experiment::kNo;
 }
 
