@@ -58,7 +58,7 @@ void forward_loop(int64_t T, bool reverse, int64_t gates, const Tensor& h, const
   if (persistent && h.is_cuda() && persistent_forward(algo, T, reverse, gates, h, w, hh, step_at)) {
     return;
   }
-  // The stepwise loop from a captured CUDA graph (opt-in, graphed_loop.h).
+  // The stepwise loop from a captured CUDA graph (half types, by default; graphed_loop.h).
   if (graphed_forward(T, reverse, h, w, H, dropout, step_at)) return;
 #endif
   if constexpr (std::is_same_v<typename Step::scalar_type, float>) {
@@ -131,7 +131,7 @@ void backward_loop(int64_t T, bool reverse, int64_t gates, const Tensor& dh, con
       persistent_backward(algo, T, reverse, gates, dh, d_pre, w, step_at)) {
     return;
   }
-  // The stepwise loop from a captured CUDA graph (opt-in, graphed_loop.h).
+  // The stepwise loop from a captured CUDA graph (half types, by default; graphed_loop.h).
   if (graphed_backward(T, reverse, dh, d_pre, w, H, dropout, step_at)) return;
 #endif
   if constexpr (std::is_same_v<typename Step::scalar_type, float>) {
