@@ -286,3 +286,38 @@ def test_release_frees_the_loops_and_later_calls_capture_again(monkeypatch):
     replayed, (_, graphs) = _profiled(lambda: _outputs_and_grads(module, x))
     assert graphs == 2, graphs
     _assert_close(replayed, eager, dtype, "replay")
+
+
+def test_auto_runs_persistent_where_the_cache_has_no_room(monkeypatch):
+    """algo='auto', bfloat16 LSTM at B=64, H=512: 524k multiply-adds a block-step on 132 SMs,
+    where the persistent kernel beats the eager stepwise loop but not its graphs. Twenty
+    sequence lengths in turn: sixteen loops fill the cache and stay in use, the other four
+    lengths find no room, and auto sends them to the persistent kernel rather than to the eager
+    loop (before, it asked only whether a graph *may* run). Every call right, against the eager
+    stepwise loop."""
+    if torch.cuda.get_device_properties(0).multi_processor_count != 132:
+        pytest.skip("the work per block depends on the number of SMs")
+    torch.manual_seed(40)
+    dtype = torch.bfloat16
+    auto = fused_rnn.LSTM(16, 512).to(device="cuda", dtype=dtype)
+    eager_module = fused_rnn.LSTM(16, 512, algo="stepwise").to(device="cuda", dtype=dtype)
+    eager_module.load_state_dict(auto.state_dict())
+    inputs = [torch.randn(steps, 64, 16, device="cuda", dtype=dtype) for steps in range(2, 22)]
+    with torch.no_grad():
+        _set_graphs(monkeypatch, False)
+        eager = [eager_module(x)[0] for x in inputs]
+        _set_graphs(monkeypatch, True)
+        for round_ in range(3):  # eager for all twenty, then capture (16) or persistent (4)
+            for x, expected in zip(inputs, eager):
+                assert _relative_error(auto(x)[0], expected) < TOLERANCE[dtype], (round_, len(x))
+        ran = []
+        for x, expected in zip(inputs, eager):
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                    torch.profiler.ProfilerActivity.CUDA]) as prof:
+                y = auto(x)[0]
+                torch.cuda.synchronize()
+            assert _relative_error(y, expected) < TOLERANCE[dtype], ("profiled", len(x))
+            names = [event.name for event in prof.events()]
+            ran.append((any(name.startswith("cudaGraphLaunch") for name in names),
+                        any("persistent" in name for name in names)))
+    assert ran == [(True, False)] * 16 + [(False, True)] * 4, ran

@@ -22,7 +22,7 @@ export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_
 
 DEFAULT_STAGES="environment build toolchain persistent_smoke cluster_smoke mma_smoke tests memcheck racecheck
   memcheck_cluster racecheck_cluster memcheck_mma racecheck_mma memcheck_graphs benchmark_stepwise_graphs
-  benchmark_algorithms benchmark_cluster benchmark_quick cluster_backtrace"
+  benchmark_persistent benchmark_auto_limits benchmark_cluster cluster_backtrace"
 DEFAULT_STAGES=$(echo $DEFAULT_STAGES)  # one line
 
 stage() {  # stage NAME SECONDS COMMAND...: run, log, record "NAME rc seconds"

@@ -22,9 +22,10 @@
 // What the cache holds (its buffers stay allocated between calls; a backward's d_pre is as
 // large as the saved gates), per step type and device: at most kMaxCapturedLoops loops and
 // 1/kCapturedMemoryShare of the device's memory. A loop unused for kColdCalls calls of its
-// step type may be replaced; while none is, a new key runs the eager loop. So a model with more
-// keys than fit (sequence lengths that vary from batch to batch make a key each) replays what
-// fits and runs the rest eager, instead of capturing on every call.
+// step type may be replaced; while none is, a new key runs the eager loop (or, where `auto`
+// decides and the persistent kernel beats the eager loop, that kernel: graphed_loop_has_room).
+// So a model with more keys than fit (sequence lengths that vary from batch to batch make a key
+// each) replays what fits and runs the rest without graphs, instead of capturing on every call.
 //
 // What keeps a capture from failing or taking in foreign work (a failed capture would leave
 // torch's allocator and RNG in capture mode for the process):
@@ -48,6 +49,7 @@
 #include <c10/util/accumulate.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -238,16 +240,15 @@ struct CapturedLoops {
       if (loop->key == key) return touch(loop.get());
     }
     if (!seen_before(key)) return nullptr;
-    const int64_t element = state.element_size();
-    const int64_t steps_bytes = key.T * static_cast<int64_t>(sizeof(Step));
-    const int64_t bytes = (key.B * key.P + c10::multiply_integers(product_sizes)) * element +
-                          steps_bytes;
-    if (!make_room(key.device, bytes)) return nullptr;
+    if (!make_room(key.device, loop_bytes(key, product_sizes, state), /*evict=*/true)) {
+      return nullptr;
+    }
     auto loop = std::make_unique<CapturedLoop>();
     loop->key = key;
     loop->state = at::empty({key.B, key.P}, state.options());
     loop->product = at::empty(product_sizes, state.options());
-    loop->steps = at::empty({steps_bytes}, state.options().dtype(at::kByte));
+    loop->steps = at::empty({key.T * static_cast<int64_t>(sizeof(Step))},
+                            state.options().dtype(at::kByte));
     const StepGemm gemm(w, transposed, key.T * key.B);
     if (!ready(*loop, gemm)) return nullptr;
     load_cuda_from_device_kernel<Step>();
@@ -272,30 +273,59 @@ struct CapturedLoops {
     return touch(loops.back().get());
   }
 
+  // Whether the loop of `key` is held, or would be captured (on a call after its first) for
+  // want of nothing but a first call: room for it (make_room, replacing nothing now). What
+  // `auto` asks before it sends a call to the stepwise loop (persistent_loop.h).
+  bool holds_or_has_room(const CapturedLoopKey& key, const std::vector<int64_t>& product_sizes,
+                         const Tensor& state) {
+    const std::lock_guard<std::mutex> lock(mutex);
+    for (const auto& loop : loops) {
+      if (loop->key == key) return true;
+    }
+    return make_room(key.device, loop_bytes(key, product_sizes, state), /*evict=*/false);
+  }
+
+  // The bytes of a loop's buffers: state [B, P], product, and T step structs.
+  static int64_t loop_bytes(const CapturedLoopKey& key, const std::vector<int64_t>& product_sizes,
+                            const Tensor& state) {
+    return (key.B * key.P + c10::multiply_integers(product_sizes)) * state.element_size() +
+           key.T * static_cast<int64_t>(sizeof(Step));
+  }
+
   // Whether a loop of `bytes` fits among this cache's loops on `device` (kMaxCapturedLoops of
   // them, 1/kCapturedMemoryShare of the device's memory), after replacing loops unused for
-  // kColdCalls calls, least recently used first. A loop in use stays: a model with more keys
-  // than fit then runs some eager, rather than capturing and replacing on every call.
-  bool make_room(int device, int64_t bytes) {
+  // kColdCalls calls, least recently used first (only when `evict`: else it only says whether
+  // it could). A loop in use stays: a model with more keys than fit then runs some eager (or,
+  // under auto, persistent), rather than capturing and replacing on every call.
+  bool make_room(int device, int64_t bytes, bool evict) {
     const int64_t limit = static_cast<int64_t>(
         at::cuda::getDeviceProperties(device)->totalGlobalMem / kCapturedMemoryShare);
     if (bytes > limit) return false;
-    while (true) {
-      int64_t held = 0;
-      size_t on_device = 0;
-      auto oldest = loops.end();
-      for (auto it = loops.begin(); it != loops.end(); ++it) {
-        if ((*it)->key.device != device) continue;
-        held += (*it)->bytes();
-        ++on_device;
-        if (oldest == loops.end() || (*it)->last_use < (*oldest)->last_use) oldest = it;
-      }
-      if (on_device < kMaxCapturedLoops && held + bytes <= limit) return true;
-      if (calls - (*oldest)->last_use < kColdCalls) return false;
-      // A replay may still run: its graph's memory returns to the allocator when it is destroyed.
-      (*oldest)->done.synchronize();
-      loops.erase(oldest);
+    std::vector<CapturedLoop*> on_device;  // this device's loops, least recently used first
+    int64_t held = 0;
+    for (const auto& loop : loops) {
+      if (loop->key.device != device) continue;
+      on_device.push_back(loop.get());
+      held += loop->bytes();
     }
+    std::sort(on_device.begin(), on_device.end(),
+              [](const CapturedLoop* a, const CapturedLoop* b) { return a->last_use < b->last_use; });
+    size_t replaced = 0;  // on_device[0, replaced) make the room
+    while (on_device.size() - replaced >= kMaxCapturedLoops || held + bytes > limit) {
+      if (replaced == on_device.size() || calls - on_device[replaced]->last_use < kColdCalls) {
+        return false;
+      }
+      held -= on_device[replaced]->bytes();
+      ++replaced;
+    }
+    if (!evict) return true;
+    for (size_t i = 0; i < replaced; ++i) {
+      // A replay may still run: its graph's memory returns to the allocator when it is destroyed.
+      on_device[i]->done.synchronize();
+      loops.erase(std::find_if(loops.begin(), loops.end(),
+                               [&](const auto& loop) { return loop.get() == on_device[i]; }));
+    }
+    return true;
   }
 
   // Whether `key` was met before (and forgets it then); else remembers it.
@@ -351,10 +381,40 @@ inline bool use_graphed_loop(int64_t T, const Tensor& state, int64_t H,
   return status == cudaStreamCaptureStatusNone;
 }
 
-inline CapturedLoopKey captured_loop_key(int64_t T, const Tensor& state, int64_t H, int64_t N,
-                                         bool reverse, const Tensor& w) {
+// A captured loop's key and the sizes of its product buffer, for a call on the current stream.
+struct LoopShape {
+  CapturedLoopKey key;
+  std::vector<int64_t> product_sizes;
+};
+inline CapturedLoopKey captured_loop_key(int64_t T, const Tensor& state, int64_t H, bool reverse,
+                                         const Tensor& w) {
   return {static_cast<int>(state.device().index()), c10::cuda::getCurrentCUDAStream().stream(),
-          T, state.size(0), state.size(1), H, N, reverse, w.data_ptr(), w.stride(0)};
+          T, state.size(0), state.size(1), H, w.size(0), reverse, w.data_ptr(), w.stride(0)};
+}
+// Forward: hh [B, N]. Loop order does not depend on `reverse` here: step s reads the struct at
+// s, whichever time it is for. So both directions share a captured loop.
+inline LoopShape forward_loop_shape(int64_t T, const Tensor& h, int64_t H, const Tensor& w) {
+  return {captured_loop_key(T, h, H, /*reverse=*/false, w), {h.size(0), w.size(0)}};
+}
+// Backward: d_pre [T, B, N]; the GEMM of loop position i reads d_pre row t(i), which depends on
+// `reverse`.
+inline LoopShape backward_loop_shape(int64_t T, bool reverse, const Tensor& dh, int64_t H,
+                                     const Tensor& w) {
+  return {captured_loop_key(T, dh, H, reverse, w), {T, dh.size(0), w.size(0)}};
+}
+
+// Whether this call's stepwise loop (of `Step`s, `shape`) would run from a graph rather than
+// eager for want of room: use_graphed_loop, and the cache holds the loop or has room for it. A
+// key's first call runs eager all the same (it warms what the capture needs). For `auto`.
+template <class Step>
+bool graphed_loop_has_room(int64_t T, const Tensor& state, int64_t H, const StateDropout& dropout,
+                           const LoopShape& shape) {
+  if constexpr (!kGraphedType<typename Step::scalar_type>) {
+    return false;
+  } else {
+    return use_graphed_loop(T, state, H, dropout) &&
+           CapturedLoops<Step>::instance().holds_or_has_room(shape.key, shape.product_sizes, state);
+  }
 }
 
 // forward_loop's stepwise CUDA loop (hh = h · W_hhᵀ, then step_at(t)) from a graph; returns
@@ -371,14 +431,13 @@ bool graphed_forward(int64_t T, bool reverse, const Tensor& h, const Tensor& w, 
     return false;
   } else {
     if (!use_graphed_loop(T, h, H, dropout)) return false;
-    const int64_t B = h.size(0), N = w.size(0);
-    // Loop order does not depend on `reverse` here: step s reads the struct at s, whichever time
-    // it is for. So both directions share a captured loop.
-    const CapturedLoopKey key = captured_loop_key(T, h, H, N, /*reverse=*/false, w);
+    const int64_t B = h.size(0);
+    const LoopShape shape = forward_loop_shape(T, h, H, w);
+    const CapturedLoopKey& key = shape.key;
     CapturedLoops<Step>& cache = CapturedLoops<Step>::instance();
     const std::lock_guard<std::mutex> lock(cache.mutex);
     CapturedLoop* loop = cache.find_or_capture(
-        key, h, w, /*transposed=*/true, {B, N},
+        key, h, w, /*transposed=*/true, shape.product_sizes,
         [&](const CapturedLoop& captured, const StepGemm& gemm) {
           return gemm.runs_on_cublaslt(captured.product, captured.state, /*accumulate=*/false);
         },
@@ -419,13 +478,13 @@ bool graphed_backward(int64_t T, bool reverse, const Tensor& dh, const Tensor& d
   } else {
     if (!use_graphed_loop(T, dh, H, dropout)) return false;
     const int64_t B = dh.size(0), N = w.size(0);
-    // The GEMM of loop position i reads d_pre row t(i), which depends on `reverse`.
-    const CapturedLoopKey key = captured_loop_key(T, dh, H, N, reverse, w);
+    const LoopShape shape = backward_loop_shape(T, reverse, dh, H, w);
+    const CapturedLoopKey& key = shape.key;
     auto t_of = [&](int64_t i) { return time_at(T - 1 - i, T, reverse); };
     CapturedLoops<Step>& cache = CapturedLoops<Step>::instance();
     const std::lock_guard<std::mutex> lock(cache.mutex);
     CapturedLoop* loop = cache.find_or_capture(
-        key, dh, w, /*transposed=*/false, {T, B, N},
+        key, dh, w, /*transposed=*/false, shape.product_sizes,
         [&](const CapturedLoop& captured, const StepGemm& gemm) {
           for (int64_t t = 0; t < T; ++t) {  // each row of d_pre has its own alignment
             if (!gemm.runs_on_cublaslt(captured.state, captured.product.select(0, t), true)) return false;

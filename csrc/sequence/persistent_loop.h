@@ -69,16 +69,20 @@ constexpr int64_t kAutoPersistentMaxWork = 400 * 1000;
 constexpr int64_t kAutoPersistentMaxWorkTensorCores = 1800 * 1000;
 constexpr int64_t kAutoPersistentMaxWorkAgainstGraphs = 200 * 1000;
 
-// `stepwise_graphed`: whether the stepwise loop would run from graphs (use_graphed_loop).
-inline bool auto_picks_persistent_on_cuda(const Tensor& state, int64_t H, int64_t gates,
-                                          bool stepwise_graphed) {
+// `stepwise_graphed()`: whether this call's stepwise loop would run from a graph
+// (graphed_loop_has_room), asked only where the answer matters (tensor cores, work between the
+// two limits). Where it would not (the graph cache is full of loops in use: more keys in
+// rotation than it holds, such as many sequence lengths), the eager loop's limit applies.
+template <class StepwiseGraphed>
+bool auto_picks_persistent_on_cuda(const Tensor& state, int64_t H, int64_t gates,
+                                   const StepwiseGraphed& stepwise_graphed) {
   int multiprocessors = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount,
                                         state.device().index()));
   const int64_t work = state.size(0) * gates * persistent_units_per_block(H, multiprocessors) * H;
   if (!persistent_uses_tensor_cores(state)) return work <= kAutoPersistentMaxWork;
-  return work <= (stepwise_graphed ? kAutoPersistentMaxWorkAgainstGraphs
-                                   : kAutoPersistentMaxWorkTensorCores);
+  if (work <= kAutoPersistentMaxWorkAgainstGraphs) return true;
+  return work <= kAutoPersistentMaxWorkTensorCores && !stepwise_graphed();
 }
 #endif
 

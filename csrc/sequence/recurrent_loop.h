@@ -26,9 +26,11 @@ namespace fused_rnn {
 // and `gates` gates; raises for algo='persistent' where it cannot. `auto` takes it on the CPU
 // wherever it can run and the sequence has T·B >= kMinRowsToPack rows (it packs W_hh: a cell
 // called once per token does better with ATen's GEMM), on CUDA for the shapes
-// auto_picks_persistent_on_cuda names (the kernel's plan may still decline the shape).
-inline bool use_persistent(Algo algo, int64_t T, const Tensor& state, int64_t H, int64_t gates,
-                           const StateDropout& dropout) {
+// auto_picks_persistent_on_cuda names (the kernel's plan may still decline the shape), given
+// stepwise_graphed(): whether the stepwise loop of this call would run from a graph.
+template <class StepwiseGraphed>
+bool use_persistent(Algo algo, int64_t T, const Tensor& state, int64_t H, int64_t gates,
+                    const StateDropout& dropout, const StepwiseGraphed& stepwise_graphed) {
   if (algo == Algo::kStepwise) return false;
   if (const char* reason = persistent_unavailable(state, H, dropout)) {
     require_not_persistent(algo, reason);
@@ -37,8 +39,9 @@ inline bool use_persistent(Algo algo, int64_t T, const Tensor& state, int64_t H,
   if (algo == Algo::kPersistent) return true;
   if (state.is_cpu()) return T * state.size(0) >= kMinRowsToPack;
 #ifdef FUSED_RNN_WITH_CUDA
-  return auto_picks_persistent_on_cuda(state, H, gates, use_graphed_loop(T, state, H, dropout));
+  return auto_picks_persistent_on_cuda(state, H, gates, stepwise_graphed);
 #else
+  (void)stepwise_graphed;
   return false;
 #endif
 }
@@ -53,7 +56,13 @@ void forward_loop(int64_t T, bool reverse, int64_t gates, const Tensor& h, const
                   const Tensor& hh, StateDropout& dropout, Algo algo, const StepAt& step_at) {
   const int64_t B = h.size(0), P = h.size(1), H = w.size(0) / gates;
   using Step = decltype(step_at(int64_t{0}));
-  const bool persistent = use_persistent(algo, T, h, H, gates, dropout);
+  const bool persistent = use_persistent(algo, T, h, H, gates, dropout, [&] {
+#ifdef FUSED_RNN_WITH_CUDA
+    return graphed_loop_has_room<Step>(T, h, H, dropout, forward_loop_shape(T, h, H, w));
+#else
+    return false;
+#endif
+  });
 #ifdef FUSED_RNN_WITH_CUDA
   if (persistent && h.is_cuda() && persistent_forward(algo, T, reverse, gates, h, w, hh, step_at)) {
     return;
@@ -125,7 +134,14 @@ void backward_loop(int64_t T, bool reverse, int64_t gates, const Tensor& dh, con
                    const Tensor& w, StateDropout& dropout, Algo algo, const StepAt& step_at) {
   const int64_t B = dh.size(0), P = dh.size(1), H = w.size(0) / gates;
   using Step = decltype(step_at(int64_t{0}));
-  const bool persistent = use_persistent(algo, T, dh, H, gates, dropout);
+  const bool persistent = use_persistent(algo, T, dh, H, gates, dropout, [&] {
+#ifdef FUSED_RNN_WITH_CUDA
+    return graphed_loop_has_room<Step>(T, dh, H, dropout,
+                                       backward_loop_shape(T, reverse, dh, H, w));
+#else
+    return false;
+#endif
+  });
 #ifdef FUSED_RNN_WITH_CUDA
   if (persistent && dh.is_cuda() &&
       persistent_backward(algo, T, reverse, gates, dh, d_pre, w, step_at)) {
