@@ -199,7 +199,9 @@ struct CapturedLoops {
   std::mutex mutex;  // held from lookup to the end of a call's enqueued work
   std::vector<std::unique_ptr<CapturedLoop>> loops;
   std::vector<CapturedLoopKey> seen_once;  // keys met once and not captured yet (bounded)
-  uint64_t calls = 0;  // find_or_capture's calls: what a loop's last_use counts in
+  // find_or_capture's calls, and holds_or_has_room's "no room" answers: what a loop's last_use
+  // counts in
+  uint64_t calls = 0;
 
   static CapturedLoops& instance() {
     static auto* loops = [] {
@@ -275,14 +277,19 @@ struct CapturedLoops {
 
   // Whether the loop of `key` is held, or would be captured (on a call after its first) for
   // want of nothing but a first call: room for it (make_room, replacing nothing now). What
-  // `auto` asks before it sends a call to the stepwise loop (persistent_loop.h).
+  // `auto` asks before it sends a call to the stepwise loop (persistent_loop.h). A call told
+  // "no room" goes to the persistent kernel but still counts as a call of this step type: else,
+  // once a model's keys change, the loops of the old keys would never turn cold and would keep
+  // the new keys out for good.
   bool holds_or_has_room(const CapturedLoopKey& key, const std::vector<int64_t>& product_sizes,
                          const Tensor& state) {
     const std::lock_guard<std::mutex> lock(mutex);
     for (const auto& loop : loops) {
       if (loop->key == key) return true;
     }
-    return make_room(key.device, loop_bytes(key, product_sizes, state), /*evict=*/false);
+    if (make_room(key.device, loop_bytes(key, product_sizes, state), /*evict=*/false)) return true;
+    ++calls;
+    return false;
   }
 
   // The bytes of a loop's buffers: state [B, P], product, and T step structs.
