@@ -65,17 +65,24 @@ def _pip_cuda_include_dirs():
     return dirs
 
 
-def _cublaslt_link_args():
-    """Links cuBLASLt, which the time loops call directly (csrc/cuda/step_gemm_cublaslt.cpp). A
-    pip-installed CUDA torch ships it beside itself under a versioned name only
-    (libcublasLt.so.13), which -lcublasLt does not find: link that file by name. At run time the
-    loader reuses the copy torch has loaded. Without it, a full toolkit's (CUDA_HOME/lib64)."""
+def _cublas_link_args():
+    """Links cuBLASLt and cuBLAS, which the time loops call directly (csrc/cuda/step_gemm_cublaslt.cpp
+    and step_gemm_cublas.cpp). A pip-installed CUDA torch ships them beside itself under versioned
+    names only (libcublasLt.so.13), which -lcublasLt does not find: link those files by name. At
+    run time the loader reuses the copies torch has loaded. Without them, a full toolkit's
+    (CUDA_HOME/lib64)."""
     site = os.path.dirname(os.path.dirname(torch.__file__))
-    for library in sorted(glob.glob(os.path.join(site, "nvidia", "*", "lib", "libcublasLt.so.*"))):
-        if re.fullmatch(r"libcublasLt\.so\.\d+", os.path.basename(library)):
-            directory = os.path.dirname(library)
-            return [f"-L{directory}", f"-l:{os.path.basename(library)}", f"-Wl,-rpath,{directory}"]
-    return ["-lcublasLt"]
+    args = []
+    for name in ("cublasLt", "cublas"):
+        pattern = os.path.join(site, "nvidia", "*", "lib", f"lib{name}.so.*")
+        versioned = [path for path in sorted(glob.glob(pattern))
+                     if re.fullmatch(rf"lib{name}\.so\.\d+", os.path.basename(path))]
+        if versioned:
+            directory, file = os.path.split(versioned[0])
+            args += [f"-L{directory}", f"-l:{file}", f"-Wl,-rpath,{directory}"]
+        else:
+            args.append(f"-l{name}")
+    return args
 
 
 def _set_default_arch_list():
@@ -106,7 +113,7 @@ def _extension():
         "fused_rnn._C", cpp_sources + cuda_sources,
         include_dirs=include_dirs + _pip_cuda_include_dirs(),
         define_macros=[("FUSED_RNN_WITH_CUDA", None)],
-        extra_link_args=link_flags + _cublaslt_link_args(),
+        extra_link_args=link_flags + _cublas_link_args(),
         extra_compile_args={"cxx": cxx_flags,
                             "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]})
 

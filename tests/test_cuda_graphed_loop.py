@@ -1,7 +1,8 @@
 """The stepwise CUDA loops, forward and backward, replayed from graphs captured inside the ops
 (csrc/sequence/graphed_loop.h; the default for half types, FUSED_RNN_STEPWISE_GRAPHS=0 turns it
-off) against the eager loops: every cell they serve, bfloat16 and float16 (float32 keeps the
-eager loop), lengths and reverse, forward and backward, and calls after the capture (new inputs,
+off, =all adds float32) against the eager loops: every cell they serve, bfloat16 and float16,
+float32 with =all (else it keeps the eager loop), lengths and reverse, forward and backward, and
+calls after the capture (new inputs,
 new weights, another module, another stream through the same machinery), and the cache's bounds.
 A key's first call runs the eager loop, its second captures, the later ones replay: each test
 makes its calls with that in mind and checks with the profiler that graphs did replay."""
@@ -20,7 +21,7 @@ MODULES = {
     "peephole_lstm": fused_rnn.PeepholeLSTM,
     "gru": fused_rnn.GRU,
 }
-TOLERANCE = {torch.float16: 5e-3, torch.bfloat16: 3e-2}
+TOLERANCE = {torch.float16: 5e-3, torch.bfloat16: 3e-2, torch.float32: 2e-5}
 
 
 @pytest.fixture(autouse=True)
@@ -31,11 +32,17 @@ def _empty_cache():
 
 
 def _set_graphs(monkeypatch, on):
-    """On: the default (no variable); off: FUSED_RNN_STEPWISE_GRAPHS=0."""
-    if on:
+    """True: the default (no variable: half types); False: FUSED_RNN_STEPWISE_GRAPHS=0; "all":
+    FUSED_RNN_STEPWISE_GRAPHS=all (float32 too)."""
+    if on is True:
         monkeypatch.delenv("FUSED_RNN_STEPWISE_GRAPHS", raising=False)
     else:
-        monkeypatch.setenv("FUSED_RNN_STEPWISE_GRAPHS", "0")
+        monkeypatch.setenv("FUSED_RNN_STEPWISE_GRAPHS", "all" if on == "all" else "0")
+
+
+def _graphs_for(dtype):
+    """The setting that graphs `dtype`'s loops: float32's only with "all"."""
+    return "all" if dtype == torch.float32 else True
 
 
 def _outputs_and_grads(module, x, lengths=None):
@@ -70,7 +77,8 @@ def _profiled(fn):
                     sum(name.startswith("cudaGraphLaunch") for name in names))
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32],
+                         ids=["fp16", "bf16", "fp32_all"])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["forward", "bidirectional"])
 @pytest.mark.parametrize("cell", sorted(MODULES))
 def test_graphed_matches_eager(cell, bidirectional, dtype, monkeypatch):
@@ -86,7 +94,7 @@ def test_graphed_matches_eager(cell, bidirectional, dtype, monkeypatch):
         lengths = torch.tensor([7, 3, 0, 6, 7]) if call != 1 else None
         _set_graphs(monkeypatch, False)
         eager = _outputs_and_grads(module, x, lengths)
-        _set_graphs(monkeypatch, True)
+        _set_graphs(monkeypatch, _graphs_for(dtype))
         if call < 3:
             graphed = _outputs_and_grads(module, x, lengths)
         else:
@@ -96,12 +104,15 @@ def test_graphed_matches_eager(cell, bidirectional, dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
-@pytest.mark.parametrize("dtype, graphed", [(torch.bfloat16, True), (torch.float32, False)],
-                         ids=["bf16", "fp32_stays_eager"])
-def test_replays_instead_of_launching_per_step(dtype, graphed, training, monkeypatch):
+@pytest.mark.parametrize("dtype, setting, graphed",
+                         [(torch.bfloat16, True, True), (torch.float32, True, False),
+                          (torch.float32, "all", True)],
+                         ids=["bf16", "fp32_stays_eager", "fp32_all"])
+def test_replays_instead_of_launching_per_step(dtype, setting, graphed, training, monkeypatch):
     """After the eager and the capturing call, a bfloat16 forward (and backward) launches one
     graph each and fewer kernels than it has steps (the projections, weight gradients and copies
-    around the loop); float32 keeps launching a kernel a step or more."""
+    around the loop); so does float32 with FUSED_RNN_STEPWISE_GRAPHS=all, and without it keeps
+    launching a kernel a step or more."""
     torch.manual_seed(32)
     steps = 40
     module = fused_rnn.GRU(8, 32, algo="stepwise").to(device="cuda", dtype=dtype)
@@ -116,7 +127,7 @@ def test_replays_instead_of_launching_per_step(dtype, graphed, training, monkeyp
     _set_graphs(monkeypatch, False)
     _, (eager_kernels, _) = _profiled(call)
     assert eager_kernels >= (2 if training else 1) * steps  # at least the step kernels
-    _set_graphs(monkeypatch, True)
+    _set_graphs(monkeypatch, setting)
     call()  # eager: the key's first call
     call()  # captures and replays
     _, (kernels, graphs) = _profiled(call)
@@ -286,6 +297,36 @@ def test_release_frees_the_loops_and_later_calls_capture_again(monkeypatch):
     replayed, (_, graphs) = _profiled(lambda: _outputs_and_grads(module, x))
     assert graphs == 2, graphs
     _assert_close(replayed, eager, dtype, "replay")
+
+
+def test_float32_graphs_follow_the_tf32_flag(monkeypatch):
+    """A float32 capture bakes in its GEMM's math mode (TF32 or not): a loop captured with
+    torch's TF32 flag off must not replay once the flag is on (the flag is part of the key), and
+    replays again once it is back off. Results against the eager loop under the same flag."""
+    torch.manual_seed(41)
+    dtype = torch.float32
+    module = fused_rnn.LSTM(16, 64, algo="stepwise").to(device="cuda", dtype=dtype)
+    x = torch.randn(12, 8, 16, device="cuda", dtype=dtype)
+    flag = torch.backends.cuda.matmul.allow_tf32
+    try:
+        with torch.no_grad():
+            for round_, tf32 in enumerate((False, True, False)):
+                torch.backends.cuda.matmul.allow_tf32 = tf32
+                _set_graphs(monkeypatch, False)
+                eager = module(x)[0]
+                _set_graphs(monkeypatch, "all")
+                # Rounds 0 and 1 meet a new key (eager first); round 2 the key of round 0.
+                first, (_, graphs) = _profiled(lambda: module(x)[0])
+                assert graphs == (1 if round_ == 2 else 0), (round_, graphs)
+                for _ in range(2):  # capture (a new key's second call), replay
+                    module(x)
+                replayed, (_, graphs) = _profiled(lambda: module(x)[0])
+                assert graphs == 1, (round_, graphs)
+                tolerance = 1e-2 if tf32 else TOLERANCE[dtype]
+                assert _relative_error(first, eager) < tolerance, round_
+                assert _relative_error(replayed, eager) < tolerance, round_
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = flag
 
 
 def test_auto_runs_persistent_where_the_cache_has_no_room(monkeypatch):

@@ -89,7 +89,8 @@ stage racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 9 "$PY" t
   "$PY" tools/sanitizer_workload.py --mma
 [ $MMA_OK = 1 ] && stage racecheck_mma 60 compute-sanitizer --tool racecheck --error-exitcode 9 \
   "$PY" tools/sanitizer_workload.py --mma
-# The stepwise loops replayed from graphs captured inside the ops (the default for half types).
+# The stepwise loops replayed from graphs captured inside the ops (half types and, with
+# --graphs, float32).
 stage memcheck_graphs 60 compute-sanitizer --tool memcheck \
   --error-exitcode 9 "$PY" tools/sanitizer_workload.py --stepwise-only --graphs
 # Most wanted first (a run cut short keeps what it did): where a persistent step's time goes
@@ -110,9 +111,10 @@ stage benchmark_graphed 60 "$PY" -m benchmarks --device cuda --cells lstm,gru \
   --workloads mid,deepbench_1024,big_h,large_batch --dtypes fp32,bf16 \
   --contenders fused_stepwise,fused_graphed,torch.nn --no-plot --out "$OUT"
 # The stepwise loop replayed from graphs captured inside the ops (fused_stepwise: the default
-# for half types), launched step by step (fused_stepwise_eager), and replayed from graphs of the
-# whole module (fused_graphed), against cuDNN.
-stage benchmark_stepwise_graphs 75 "$PY" -m benchmarks --device cuda \
+# for half types; float32's too here, FUSED_RNN_STEPWISE_GRAPHS=all, still opt-in), launched step
+# by step (fused_stepwise_eager), and replayed from graphs of the whole module (fused_graphed),
+# against cuDNN.
+stage benchmark_stepwise_graphs 75 env FUSED_RNN_STEPWISE_GRAPHS=all "$PY" -m benchmarks --device cuda \
   --cells lstm,gru --workloads mid,deepbench_1024,big_h,large_batch --dtypes fp32,bf16 \
   --contenders fused_stepwise,fused_stepwise_eager,fused_graphed,torch.nn --no-plot --out "$OUT"
 # The same stepwise loop with ATen's GEMM instead of cuBLASLt (cuda/step_gemm_cublaslt.h).

@@ -25,9 +25,12 @@ def main(argv) -> int:
     # --mma: the persistent kernels multiply bfloat16 on tensor cores (the default), =require.
     if "--mma" in argv:
         os.environ["FUSED_RNN_PERSISTENT_MMA"] = "require"
-    # --graphs: each stepwise case three times (eager, capture, replay: bfloat16's loops replayed
-    # from the graphs the ops capture, csrc/sequence/graphed_loop.h), every result checked.
+    # --graphs: each stepwise case three times (eager, capture, replay: the loops replayed from
+    # the graphs the ops capture, csrc/sequence/graphed_loop.h), every result checked; float32's
+    # too (FUSED_RNN_STEPWISE_GRAPHS=all).
     stepwise_calls = 3 if "--graphs" in argv else 1
+    if "--graphs" in argv:
+        os.environ["FUSED_RNN_STEPWISE_GRAPHS"] = "all"
     torch.manual_seed(0)
     failures = 0
     for cell in CELLS:

@@ -77,6 +77,7 @@ void load_cuda_from_device_kernel() {
 
 // The same for launch_cuda_from_device (the steps that sequence/graphed_loop.h replays).
 #define FUSED_RNN_INSTANTIATE_CUDA_STEP_FROM_DEVICE(StepTemplate)                                  \
+  template void fused_rnn::load_cuda_from_device_kernel<fused_rnn::StepTemplate<float>>();         \
   template void fused_rnn::load_cuda_from_device_kernel<fused_rnn::StepTemplate<c10::Half>>();     \
   template void fused_rnn::load_cuda_from_device_kernel<fused_rnn::StepTemplate<c10::BFloat16>>(); \
   template void fused_rnn::launch_cuda_from_device(const fused_rnn::StepTemplate<float>*, int64_t, \

@@ -24,6 +24,8 @@ namespace {
 // 4 MiB admits split-k where it pays without weighing on memory.
 constexpr int64_t kWorkspaceBytes = int64_t{4} << 20;
 
+}  // namespace
+
 // One workspace per (device, stream), kept for the life of the process as cuBLAS keeps its own:
 // each loop allocating 4 MiB of its own raised a training step's peak memory by 4 MiB (tests/
 // test_backward_memory.py on an H200, c3d4ece). The map is never destroyed, so nothing is freed
@@ -32,7 +34,7 @@ constexpr int64_t kWorkspaceBytes = int64_t{4} << 20;
 // and an existing workspace baked into the caller's graph could be written by that graph's
 // replay, on any stream, while eager products on this stream use it. (graphed_loop.h makes its
 // products before it captures, on the stream its graphs replay on.)
-std::pair<void*, int64_t> workspace_for(const at::Tensor& like, cudaStream_t stream) {
+std::pair<void*, int64_t> step_gemm_workspace(const at::Tensor& like, cudaStream_t stream) {
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
   if (capture != cudaStreamCaptureStatusNone) return {nullptr, 0};
@@ -47,6 +49,8 @@ std::pair<void*, int64_t> workspace_for(const at::Tensor& like, cudaStream_t str
   workspaces->emplace(key, std::move(workspace));
   return {data, kWorkspaceBytes};
 }
+
+namespace {
 
 void check_lt(cublasStatus_t status, const char* what) {
   TORCH_CHECK(status == CUBLAS_STATUS_SUCCESS,
@@ -190,7 +194,7 @@ std::unique_ptr<LtStepGemm> LtStepGemm::make(const at::Tensor& w, bool transpose
   impl->type = type;
   impl->handle = at::cuda::getCurrentCUDABlasLtHandle();
   std::tie(impl->workspace, impl->workspace_bytes) =
-      workspace_for(w, c10::cuda::getCurrentCUDAStream().stream());
+      step_gemm_workspace(w, c10::cuda::getCurrentCUDAStream().stream());
   check_lt(cublasLtMatmulDescCreate(&impl->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "MatmulDescCreate");
   const cublasOperation_t op_w = transposed ? CUBLAS_OP_T : CUBLAS_OP_N, op_a = CUBLAS_OP_N;
   check_lt(cublasLtMatmulDescSetAttribute(impl->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_w,

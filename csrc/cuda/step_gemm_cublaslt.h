@@ -20,12 +20,20 @@
 
 #include <ATen/ATen.h>
 
+#include <cuda_runtime_api.h>
+
 #include <memory>
+#include <utility>
 
 namespace fused_rnn {
 
 // Whether FUSED_RNN_STEP_GEMM=aten sends every step's product to ATen's GEMM.
 bool step_gemm_aten_requested();
+
+// The step products' workspace for `stream` on `like`'s device: {data, bytes}, one per stream,
+// kept for the process's life; none ({nullptr, 0}) while the stream is being captured (a
+// caller's graph). For LtStepGemm and CublasStepGemm (step_gemm_cublas.h).
+std::pair<void*, int64_t> step_gemm_workspace(const at::Tensor& like, cudaStream_t stream);
 
 class LtStepGemm {
  public:

@@ -10,6 +10,7 @@
 #include "common.h"
 #include "fused_rnn/launch.h"
 #ifdef FUSED_RNN_WITH_CUDA
+#include "../cuda/step_gemm_cublas.h"
 #include "../cuda/step_gemm_cublaslt.h"
 #endif
 
@@ -80,11 +81,14 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<
   return out;
 }
 
-StepGemm::StepGemm(const at::Tensor& w, bool transposed, int64_t rows)
+StepGemm::StepGemm(const at::Tensor& w, bool transposed, int64_t rows, bool for_capture)
     : rhs_(transposed ? w.t() : w) {
   check_rows(w, "w");
 #ifdef FUSED_RNN_WITH_CUDA
   lt_ = LtStepGemm::make(w, transposed);
+  if (for_capture && !lt_) blas_ = CublasStepGemm::make(w, transposed);
+#else
+  (void)for_capture;
 #endif
 #ifdef FUSED_RNN_CPU_AVX2
   TORCH_INTERNAL_ASSERT(w.dim() == 2);
@@ -102,8 +106,19 @@ StepGemm::StepGemm(const at::Tensor& w, bool transposed, int64_t rows)
 }
 
 #ifdef FUSED_RNN_WITH_CUDA
-bool StepGemm::runs_on_cublaslt(const at::Tensor& out, const at::Tensor& a, bool accumulate) const {
-  return lt_ != nullptr && lt_->has_plan(out, a, accumulate);
+bool StepGemm::capturable(const at::Tensor& out, const at::Tensor& a, bool accumulate) const {
+  return lt_ != nullptr ? lt_->has_plan(out, a, accumulate) : blas_ != nullptr;
+}
+
+void StepGemm::capture(const at::Tensor& out, const at::Tensor& a, bool accumulate) const {
+  check_rows(out, "out");
+  check_rows(a, "a");
+  if (lt_ != nullptr) {
+    TORCH_INTERNAL_ASSERT((*lt_)(out, a, accumulate), "fused_rnn: no cuBLASLt plan to capture");
+    return;
+  }
+  TORCH_INTERNAL_ASSERT(blas_ != nullptr, "fused_rnn: no product to capture");
+  (*blas_)(out, a, accumulate);
 }
 #endif
 

@@ -15,6 +15,7 @@ namespace cpu {
 class PackedMatrix;
 }
 class LtStepGemm;
+class CublasStepGemm;
 
 // Packing a weight w [N, K] for our CPU GEMM costs about as much as multiplying ~100 rows by it
 // with ATen's GEMM (MKL's AVX2 code on AMD CPUs) would lose to ours: measured on the 2-core EPYC,
@@ -38,18 +39,24 @@ class StepGemm {
  public:
   // rows: how many rows of a the whole loop will multiply (steps x batch); below
   // kMinRowsToPack, packing would cost more than it saves and ATen's GEMM runs every step.
-  StepGemm(const at::Tensor& w, bool transposed, int64_t rows);
+  // for_capture: made by sequence/graphed_loop.h to capture a loop (on the stream its graph
+  // replays on): float32 on CUDA then also gets the product capture() records.
+  StepGemm(const at::Tensor& w, bool transposed, int64_t rows, bool for_capture = false);
   void operator()(const at::Tensor& out, const at::Tensor& a, bool accumulate) const;
 #ifdef FUSED_RNN_WITH_CUDA
-  // Whether these operands would be multiplied by cuBLASLt (not ATen's GEMM): graphed_loop.h
-  // captures only loops whose every product is.
-  bool runs_on_cublaslt(const at::Tensor& out, const at::Tensor& a, bool accumulate) const;
+  // Whether graphed_loop.h may capture the product of these operands: cuBLASLt's (half types;
+  // ATen's GEMM, where cuBLASLt has no algorithm, would take its workspace inside the capture),
+  // or, made for_capture, float32's cuBLAS product (cuda/step_gemm_cublas.h).
+  bool capturable(const at::Tensor& out, const at::Tensor& a, bool accumulate) const;
+  // The product as graphed_loop.h's capture records it (capturable() must hold).
+  void capture(const at::Tensor& out, const at::Tensor& a, bool accumulate) const;
 #endif
 
  private:
   at::Tensor rhs_;  // the product's right operand: wᵀ (a view) or w
   std::shared_ptr<const cpu::PackedMatrix> packed_;  // w packed, or null
   std::shared_ptr<const LtStepGemm> lt_;             // CUDA: the cuBLASLt product, or null
+  std::shared_ptr<const CublasStepGemm> blas_;       // CUDA float32, for_capture: or null
 };
 
 // The large products outside the time loops (input projection, its gradients, the weight

@@ -6,9 +6,11 @@
 // these graphs 1.53-3.14x (forward 1.53-2.60x, training 1.71-3.14x).
 //
 // ON BY DEFAULT for float16 and bfloat16 on CUDA; FUSED_RNN_STEPWISE_GRAPHS=0 turns it off.
-// float32 and float64 keep the eager loop: their GEMM is ATen's, which would take its cuBLAS
-// workspace for the capture stream from the graph's own pool, freed with the graph (the half
-// types' cuBLASLt workspace outlives every graph: cuda/step_gemm_cublaslt.h).
+// float32 too with FUSED_RNN_STEPWISE_GRAPHS=all (opt-in: not yet run on a GPU). Its eager
+// GEMM is ATen's, whose workspace inside a capture would be the capture stream's, shared by
+// every graph captured there; its captured loops multiply with cuBLAS through a workspace of
+// the replay stream's instead (cuda/step_gemm_cublas.h), as the half types' cuBLASLt products
+// do (cuda/step_gemm_cublaslt.h). float64 keeps the eager loop.
 //
 // How: a graph's launches have fixed arguments, so what changes between calls goes through
 // device memory. A captured loop owns the buffers its GEMMs read and write (forward: the state h
@@ -32,8 +34,10 @@
 //   - a key is captured on its second call; the first runs the eager loop, which also creates
 //     the handles and plans, and the replayed step kernel is loaded before the capture, so
 //     nothing is initialised inside it;
-//   - only loops whose every product runs on cuBLASLt (StepGemm::runs_on_cublaslt: no ATen GEMM,
-//     whose cuBLAS workspace would come from the graph's pool) and whose steps have work;
+//   - only loops whose every product is capturable (StepGemm::capturable: cuBLASLt's, or
+//     float32's cuBLAS product with a workspace of ours; never ATen's GEMM, whose workspace
+//     would be the capture stream's) and whose steps have work; ATen's cuBLAS handle, which
+//     float32's product runs on, gets its workspace for the capture stream before the capture;
 //   - captures run on a stream of ours per device, never handed to anyone else (a pool stream
 //     may be a user's torch.cuda.Stream), one capture at a time in the process;
 //   - an exception during the capture ends the capture before it propagates.
@@ -68,12 +72,16 @@
 
 namespace fused_rnn {
 
-// Whether the half types' stepwise loops may run from graphs: unless FUSED_RNN_STEPWISE_GRAPHS=0
-// or FUSED_RNN_STEP_GEMM=aten (ATen's products are never captured; checked per call, so that a
-// loop captured before the switch is not replayed after it).
-inline bool stepwise_graphs_enabled() {
+// Whether stepwise loops of `type` may run from graphs: the half types' unless
+// FUSED_RNN_STEPWISE_GRAPHS=0, float32's with FUSED_RNN_STEPWISE_GRAPHS=all; none with
+// FUSED_RNN_STEP_GEMM=aten (ATen's products are never captured). Read per call, so that a loop
+// captured before a switch is not replayed after it.
+inline bool stepwise_graphs_cover(at::ScalarType type) {
+  if (step_gemm_aten_requested()) return false;
   const char* value = std::getenv("FUSED_RNN_STEPWISE_GRAPHS");
-  return (value == nullptr || std::strcmp(value, "0") != 0) && !step_gemm_aten_requested();
+  if (value != nullptr && std::strcmp(value, "0") == 0) return false;
+  if (type == at::kHalf || type == at::kBFloat16) return true;
+  return type == at::kFloat && value != nullptr && std::strcmp(value, "all") == 0;
 }
 
 // A step struct pointed at a captured loop's buffers. Forward (every forward step has h and hh):
@@ -99,9 +107,11 @@ struct CapturedLoopKey {
   bool reverse;           // backward: which d_pre row each step's GEMM reads
   const void* w;          // W_hh [N, P], row stride w_stride
   int64_t w_stride;
+  bool tf32;              // float32: torch's TF32 flag for matmuls, which a capture bakes in
   bool operator==(const CapturedLoopKey& o) const {
     return device == o.device && stream == o.stream && T == o.T && B == o.B && P == o.P &&
-           H == o.H && N == o.N && reverse == o.reverse && w == o.w && w_stride == o.w_stride;
+           H == o.H && N == o.N && reverse == o.reverse && w == o.w && w_stride == o.w_stride &&
+           tf32 == o.tf32;
   }
 };
 
@@ -228,15 +238,18 @@ struct CapturedLoops {
   }
 
   // The loop for `key`, or nullptr where the caller is to run its eager loop: on the key's
-  // first call, where the cache has no room (make_room), and where ready(loop, gemm) says a
-  // product would not run on cuBLASLt. Else captured by capture_steps(loop, steps, gemm) on the
-  // key's second call: gemm is made on the replay stream (so that cuBLASLt's workspace is that
-  // stream's), the launches are captured on capture_stream (graphs cannot capture the default
-  // stream).
-  template <class Ready, class Capture>
+  // first call, where the cache has no room (make_room), and where prepare(loop, gemm) says a
+  // product is not capturable. prepare also runs each product once on the loop's buffers
+  // (whatever they hold: every replay writes them before it reads them), outside the capture:
+  // CUDA loads a kernel at its first launch, which a capture must not contain, and the eager
+  // first call ran ATen's GEMM, not float32's captured one. Else captured by
+  // capture_steps(loop, steps, gemm) on the key's second call: gemm is made on the replay
+  // stream (so that the products' workspace is that stream's), the launches are captured on
+  // capture_stream (graphs cannot capture the default stream).
+  template <class Prepare, class Capture>
   CapturedLoop* find_or_capture(const CapturedLoopKey& key, const Tensor& state, const Tensor& w,
                                 bool transposed, const std::vector<int64_t>& product_sizes,
-                                const Ready& ready, const Capture& capture_steps) {
+                                const Prepare& prepare, const Capture& capture_steps) {
     ++calls;
     for (const auto& loop : loops) {
       if (loop->key == key) return touch(loop.get());
@@ -251,13 +264,17 @@ struct CapturedLoops {
     loop->product = at::empty(product_sizes, state.options());
     loop->steps = at::empty({key.T * static_cast<int64_t>(sizeof(Step))},
                             state.options().dtype(at::kByte));
-    const StepGemm gemm(w, transposed, key.T * key.B);
-    if (!ready(*loop, gemm)) return nullptr;
+    const StepGemm gemm(w, transposed, key.T * key.B, /*for_capture=*/true);
+    if (!prepare(*loop, gemm)) return nullptr;
     load_cuda_from_device_kernel<Step>();
     loop->graph = std::make_unique<at::cuda::CUDAGraph>();
     {
       const std::lock_guard<std::mutex> one_capture(capture_mutex());
       const c10::cuda::CUDAStreamGuard side(capture_stream(state.device().index()));
+      // ATen's cuBLAS handle makes its workspace for a stream at the handle's first use there;
+      // made inside the capture it would come from the graph's pool. float32's captured product
+      // runs on that handle (cuda/step_gemm_cublas.h): make it now, outside.
+      (void)at::cuda::getCurrentCUDABlasHandle();
       loop->graph->capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
       try {
         capture_steps(*loop, static_cast<const Step*>(loop->steps.data_ptr()), gemm);
@@ -368,19 +385,20 @@ inline int64_t release_captured_loops() {
   return bytes;
 }
 
-// The types whose loops are captured: those whose products are cuBLASLt's.
+// The types whose loops may be captured (stepwise_graphs_cover says which are, per call).
 template <typename T>
-constexpr bool kGraphedType = std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>;
+constexpr bool kGraphedType = std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16> ||
+                              std::is_same_v<T, float>;
 
 // Whether a stepwise loop of T steps on `state` [B, P], H columns a step, may run from a
-// graph: unless stepwise_graphs_enabled() says no or something rules it out: not CUDA, not a
-// half type, state dropout (its masked copy of the state is made per step), fewer than 2 steps,
+// graph: unless stepwise_graphs_cover() leaves its type out or something rules it out: not
+// CUDA, state dropout (its masked copy of the state is made per step), fewer than 2 steps,
 // an empty state or step (a launch of no blocks is an error), or a capture already running on
 // this stream (the caller's own graph). (Whether it then does: CapturedLoops::find_or_capture.)
 inline bool use_graphed_loop(int64_t T, const Tensor& state, int64_t H,
                              const StateDropout& dropout) {
-  if (!is_half_type(state) || !state.is_cuda() || dropout.active() || T < 2 || state.size(0) == 0 ||
-      state.size(1) == 0 || H == 0 || !stepwise_graphs_enabled()) {
+  if (!state.is_cuda() || dropout.active() || T < 2 || state.size(0) == 0 || state.size(1) == 0 ||
+      H == 0 || !stepwise_graphs_cover(state.scalar_type())) {
     return false;
   }
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
@@ -396,7 +414,8 @@ struct LoopShape {
 inline CapturedLoopKey captured_loop_key(int64_t T, const Tensor& state, int64_t H, bool reverse,
                                          const Tensor& w) {
   return {static_cast<int>(state.device().index()), c10::cuda::getCurrentCUDAStream().stream(),
-          T, state.size(0), state.size(1), H, w.size(0), reverse, w.data_ptr(), w.stride(0)};
+          T, state.size(0), state.size(1), H, w.size(0), reverse, w.data_ptr(), w.stride(0),
+          state.scalar_type() == at::kFloat && at::globalContext().allowTF32CuBLAS()};
 }
 // Forward: hh [B, N]. Loop order does not depend on `reverse` here: step s reads the struct at
 // s, whichever time it is for. So both directions share a captured loop.
@@ -432,8 +451,8 @@ bool graphed_forward(int64_t T, bool reverse, const Tensor& h, const Tensor& w, 
                      const StateDropout& dropout, const StepAt& step_at) {
   using Step = decltype(step_at(int64_t{0}));
   using scalar_t = typename Step::scalar_type;
-  // Other types must not instantiate what follows (only the half types' from-device step
-  // kernels are built).
+  // float64 must not instantiate what follows (load_cuda_from_device_kernel is not built
+  // for it).
   if constexpr (!kGraphedType<scalar_t>) {
     return false;
   } else {
@@ -446,11 +465,15 @@ bool graphed_forward(int64_t T, bool reverse, const Tensor& h, const Tensor& w, 
     CapturedLoop* loop = cache.find_or_capture(
         key, h, w, /*transposed=*/true, shape.product_sizes,
         [&](const CapturedLoop& captured, const StepGemm& gemm) {
-          return gemm.runs_on_cublaslt(captured.product, captured.state, /*accumulate=*/false);
+          if (!gemm.capturable(captured.product, captured.state, /*accumulate=*/false)) {
+            return false;
+          }
+          gemm.capture(captured.product, captured.state, /*accumulate=*/false);
+          return true;
         },
         [&](const CapturedLoop& captured, const Step* steps, const StepGemm& gemm) {
           for (int64_t s = 0; s < T; ++s) {
-            gemm(captured.product, captured.state, /*accumulate=*/false);
+            gemm.capture(captured.product, captured.state, /*accumulate=*/false);
             launch_cuda_from_device(steps + s, B, H);
           }
         });
@@ -478,8 +501,8 @@ bool graphed_backward(int64_t T, bool reverse, const Tensor& dh, const Tensor& d
                       const StepAt& step_at) {
   using Step = decltype(step_at(int64_t{0}));
   using scalar_t = typename Step::scalar_type;
-  // Other types must not instantiate what follows (only the half types' from-device step
-  // kernels are built).
+  // float64 must not instantiate what follows (load_cuda_from_device_kernel is not built
+  // for it).
   if constexpr (!kGraphedType<scalar_t>) {
     return false;
   } else {
@@ -494,14 +517,16 @@ bool graphed_backward(int64_t T, bool reverse, const Tensor& dh, const Tensor& d
         key, dh, w, /*transposed=*/false, shape.product_sizes,
         [&](const CapturedLoop& captured, const StepGemm& gemm) {
           for (int64_t t = 0; t < T; ++t) {  // each row of d_pre has its own alignment
-            if (!gemm.runs_on_cublaslt(captured.state, captured.product.select(0, t), true)) return false;
+            const Tensor row = captured.product.select(0, t);
+            if (!gemm.capturable(captured.state, row, /*accumulate=*/true)) return false;
+            gemm.capture(captured.state, row, /*accumulate=*/true);
           }
           return true;
         },
         [&](const CapturedLoop& captured, const Step* steps, const StepGemm& gemm) {
           for (int64_t i = 0; i < T; ++i) {
             launch_cuda_from_device(steps + i, B, H);
-            gemm(captured.state, captured.product.select(0, t_of(i)), /*accumulate=*/true);
+            gemm.capture(captured.state, captured.product.select(0, t_of(i)), /*accumulate=*/true);
           }
         });
     if (loop == nullptr) return false;

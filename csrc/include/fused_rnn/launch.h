@@ -64,8 +64,8 @@ void launch_cuda(const Step& step, int64_t rows, int64_t cols);
 // The step's struct at `step` in device memory (for CUDA graphs: sequence/graphed_loop.h).
 template <class Step>
 void launch_cuda_from_device(const Step* step, int64_t rows, int64_t cols);
-// Loads launch_cuda_from_device's kernel now (half types): a kernel first loaded while a stream
-// is being captured (CUDA's lazy loading) could fail the capture.
+// Loads launch_cuda_from_device's kernel now (float, half types): a kernel first loaded while
+// a stream is being captured (CUDA's lazy loading) could fail the capture.
 template <class Step>
 void load_cuda_from_device_kernel();
 #endif
