@@ -26,8 +26,11 @@ TOLERANCE = {torch.float16: 5e-3, torch.bfloat16: 3e-2, torch.float32: 2e-5}
 
 @pytest.fixture(autouse=True)
 def _empty_cache():
-    """Each test starts with no captured loop (fused_rnn.release_cuda_graphs()): loops left by
-    earlier tests in the process would otherwise decide which of this test's keys get captured."""
+    """Each test starts and ends with no captured loop (fused_rnn.release_cuda_graphs()): loops
+    left by earlier tests in the process would otherwise decide which of a test's keys get
+    captured (and, for auto, which calls run the persistent kernel)."""
+    fused_rnn.release_cuda_graphs()
+    yield
     fused_rnn.release_cuda_graphs()
 
 
@@ -331,12 +334,13 @@ def test_float32_graphs_follow_the_tf32_flag(monkeypatch):
 
 def test_auto_runs_persistent_where_the_cache_has_no_room(monkeypatch):
     """algo='auto', bfloat16 LSTM at B=64, H=512: 524k multiply-adds a block-step on 132 SMs,
-    where the persistent kernel beats the eager stepwise loop but not its graphs. Twenty
-    sequence lengths in turn: sixteen loops fill the cache and stay in use, the other four
-    lengths find no room, and auto sends them to the persistent kernel rather than to the eager
-    loop (before, it asked only whether a graph *may* run). Then twenty other lengths: the old
-    loops turn cold (the calls sent to the persistent kernel count too), new ones replace them,
-    and the same split settles. Every call right, against the eager stepwise loop."""
+    where the persistent kernel beats the eager stepwise loop but not its graphs. Auto sends
+    every call that would run the eager loop to the persistent kernel (before, it asked only
+    whether a graph *may* run): a key's first call, and the keys the cache has no room for.
+    Twenty sequence lengths in turn: sixteen loops fill the cache and stay in use, the other
+    four lengths run persistent. Then twenty other lengths: the old loops turn cold (the calls
+    sent to the persistent kernel count too), new ones replace them, and the same split
+    settles. Every call right, against the eager stepwise loop."""
     if torch.cuda.get_device_properties(0).multi_processor_count != 132:
         pytest.skip("the work per block depends on the number of SMs")
     torch.manual_seed(40)
@@ -367,7 +371,8 @@ def test_auto_runs_persistent_where_the_cache_has_no_room(monkeypatch):
         return ran
 
     with torch.no_grad():
-        # Round 1 runs all twenty eager (first calls), round 2 captures 16 and finds no room for 4.
+        # Round 1 runs all twenty persistent (first calls), round 2 captures 16 and finds no
+        # room for 4.
         ran = phase(range(2, 22), rounds=3)
         assert ran == [(True, False)] * 16 + [(False, True)] * 4, ran
         ran = phase(range(22, 42), rounds=6)

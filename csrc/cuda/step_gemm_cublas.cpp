@@ -55,6 +55,8 @@ void CublasStepGemm::operator()(const at::Tensor& out, const at::Tensor& a, bool
                     static_cast<int>(std::max<int64_t>(a.stride(0), K_)), &beta,
                     out.data_ptr<float>(), static_cast<int>(std::max<int64_t>(out.stride(0), N_))),
         "Sgemm");
+  // ATen's workspace back on its handle, for whoever uses the handle next without setting it.
+  (void)at::cuda::getCurrentCUDABlasHandle();
 }
 
 }  // namespace fused_rnn

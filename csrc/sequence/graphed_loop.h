@@ -25,15 +25,16 @@
 // large as the saved gates), per step type and device: at most kMaxCapturedLoops loops and
 // 1/kCapturedMemoryShare of the device's memory. A loop unused for kColdCalls calls of its
 // step type may be replaced; while none is, a new key runs the eager loop (or, where `auto`
-// decides and the persistent kernel beats the eager loop, that kernel: graphed_loop_has_room).
+// decides and the persistent kernel beats the eager loop, that kernel: graphed_loop_will_replay).
 // So a model with more keys than fit (sequence lengths that vary from batch to batch make a key
 // each) replays what fits and runs the rest without graphs, instead of capturing on every call.
 //
 // What keeps a capture from failing or taking in foreign work (a failed capture would leave
 // torch's allocator and RNG in capture mode for the process):
-//   - a key is captured on its second call; the first runs the eager loop, which also creates
-//     the handles and plans, and the replayed step kernel is loaded before the capture, so
-//     nothing is initialised inside it;
+//   - a key is captured on its second call (its first runs the eager loop, or under `auto`
+//     possibly the persistent kernel: graphed_loop_will_replay); the products' handles, plans
+//     and workspaces are made, each product run once and the replayed step kernel loaded
+//     before the capture, so nothing is initialised inside it;
 //   - only loops whose every product is capturable (StepGemm::capturable: cuBLASLt's, or
 //     float32's cuBLAS product with a workspace of ours; never ATen's GEMM, whose workspace
 //     would be the capture stream's) and whose steps have work; ATen's cuBLAS handle, which
@@ -47,6 +48,7 @@
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAGraph.h>
+#include <ATen/cuda/Exceptions.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -107,7 +109,7 @@ struct CapturedLoopKey {
   bool reverse;           // backward: which d_pre row each step's GEMM reads
   const void* w;          // W_hh [N, P], row stride w_stride
   int64_t w_stride;
-  bool tf32;              // float32: torch's TF32 flag for matmuls, which a capture bakes in
+  bool tf32;              // float32: TF32 products (float32_products_in_tf32), baked in
   bool operator==(const CapturedLoopKey& o) const {
     return device == o.device && stream == o.stream && T == o.T && B == o.B && P == o.P &&
            H == o.H && N == o.N && reverse == o.reverse && w == o.w && w_stride == o.w_stride &&
@@ -209,9 +211,7 @@ struct CapturedLoops {
   std::mutex mutex;  // held from lookup to the end of a call's enqueued work
   std::vector<std::unique_ptr<CapturedLoop>> loops;
   std::vector<CapturedLoopKey> seen_once;  // keys met once and not captured yet (bounded)
-  // find_or_capture's calls, and holds_or_has_room's "no room" answers: what a loop's last_use
-  // counts in
-  uint64_t calls = 0;
+  uint64_t calls = 0;  // find_or_capture's calls and will_replay's "no"s: what last_use counts
 
   static CapturedLoops& instance() {
     static auto* loops = [] {
@@ -274,7 +274,9 @@ struct CapturedLoops {
       // ATen's cuBLAS handle makes its workspace for a stream at the handle's first use there;
       // made inside the capture it would come from the graph's pool. float32's captured product
       // runs on that handle (cuda/step_gemm_cublas.h): make it now, outside.
-      (void)at::cuda::getCurrentCUDABlasHandle();
+      if constexpr (std::is_same_v<typename Step::scalar_type, float>) {
+        (void)at::cuda::getCurrentCUDABlasHandle();
+      }
       loop->graph->capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
       try {
         capture_steps(*loop, static_cast<const Step*>(loop->steps.data_ptr()), gemm);
@@ -292,19 +294,25 @@ struct CapturedLoops {
     return touch(loops.back().get());
   }
 
-  // Whether the loop of `key` is held, or would be captured (on a call after its first) for
-  // want of nothing but a first call: room for it (make_room, replacing nothing now). What
-  // `auto` asks before it sends a call to the stepwise loop (persistent_loop.h). A call told
-  // "no room" goes to the persistent kernel but still counts as a call of this step type: else,
-  // once a model's keys change, the loops of the old keys would never turn cold and would keep
-  // the new keys out for good.
-  bool holds_or_has_room(const CapturedLoopKey& key, const std::vector<int64_t>& product_sizes,
-                         const Tensor& state) {
+  // What `auto` asks before it sends a call to the stepwise loop (persistent_loop.h): whether
+  // this call would run from a graph, the key's loop being held or about to be captured (the
+  // key met before and room for it: make_room, replacing nothing now). A key's first call
+  // answers no and is remembered, so that its second call captures: the persistent kernel is
+  // faster than the eager loop that call would otherwise run (find_or_capture's `prepare` warms
+  // what the capture needs). A call answered no still counts as a call of this step type:
+  // else, once a model's keys change, the loops of the old keys would never turn cold and
+  // would keep the new keys out for good.
+  bool will_replay(const CapturedLoopKey& key, const std::vector<int64_t>& product_sizes,
+                   const Tensor& state) {
     const std::lock_guard<std::mutex> lock(mutex);
     for (const auto& loop : loops) {
       if (loop->key == key) return true;
     }
-    if (make_room(key.device, loop_bytes(key, product_sizes, state), /*evict=*/false)) return true;
+    const bool seen = std::find(seen_once.begin(), seen_once.end(), key) != seen_once.end();
+    if (seen && make_room(key.device, loop_bytes(key, product_sizes, state), /*evict=*/false)) {
+      return true;
+    }
+    if (!seen) remember(key);
     ++calls;
     return false;
   }
@@ -354,15 +362,19 @@ struct CapturedLoops {
 
   // Whether `key` was met before (and forgets it then); else remembers it.
   bool seen_before(const CapturedLoopKey& key) {
-    for (auto it = seen_once.begin(); it != seen_once.end(); ++it) {
-      if (*it == key) {
-        seen_once.erase(it);
-        return true;
-      }
+    const auto found = std::find(seen_once.begin(), seen_once.end(), key);
+    if (found != seen_once.end()) {
+      seen_once.erase(found);
+      return true;
     }
+    remember(key);
+    return false;
+  }
+
+  // Adds `key` to the keys met once, forgetting the oldest beyond 2 * kMaxCapturedLoops.
+  void remember(const CapturedLoopKey& key) {
     if (seen_once.size() >= 2 * kMaxCapturedLoops) seen_once.erase(seen_once.begin());
     seen_once.push_back(key);
-    return false;
   }
 
   CapturedLoop* touch(CapturedLoop* loop) {
@@ -411,11 +423,19 @@ struct LoopShape {
   CapturedLoopKey key;
   std::vector<int64_t> product_sizes;
 };
+// float32: whether ATen's cuBLAS handle multiplies in TF32 now, the math mode it sets from
+// torch's flags (and its guards) on every use, and the one a capture of float32's products
+// bakes in (cuda/step_gemm_cublas.h).
+inline bool float32_products_in_tf32() {
+  cublasMath_t mode = CUBLAS_DEFAULT_MATH;
+  TORCH_CUDABLAS_CHECK(cublasGetMathMode(at::cuda::getCurrentCUDABlasHandle(), &mode));
+  return (mode & CUBLAS_TF32_TENSOR_OP_MATH) != 0;
+}
 inline CapturedLoopKey captured_loop_key(int64_t T, const Tensor& state, int64_t H, bool reverse,
                                          const Tensor& w) {
   return {static_cast<int>(state.device().index()), c10::cuda::getCurrentCUDAStream().stream(),
           T, state.size(0), state.size(1), H, w.size(0), reverse, w.data_ptr(), w.stride(0),
-          state.scalar_type() == at::kFloat && at::globalContext().allowTF32CuBLAS()};
+          state.scalar_type() == at::kFloat && float32_products_in_tf32()};
 }
 // Forward: hh [B, N]. Loop order does not depend on `reverse` here: step s reads the struct at
 // s, whichever time it is for. So both directions share a captured loop.
@@ -429,17 +449,17 @@ inline LoopShape backward_loop_shape(int64_t T, bool reverse, const Tensor& dh, 
   return {captured_loop_key(T, dh, H, reverse, w), {T, dh.size(0), w.size(0)}};
 }
 
-// Whether this call's stepwise loop (of `Step`s, `shape`) would run from a graph rather than
-// eager for want of room: use_graphed_loop, and the cache holds the loop or has room for it. A
-// key's first call runs eager all the same (it warms what the capture needs). For `auto`.
+// Whether this call's stepwise loop (of `Step`s, `shape`) would run from a graph:
+// use_graphed_loop, and CapturedLoops::will_replay (which remembers a key's first call, so that
+// its second captures). For `auto`.
 template <class Step>
-bool graphed_loop_has_room(int64_t T, const Tensor& state, int64_t H, const StateDropout& dropout,
-                           const LoopShape& shape) {
+bool graphed_loop_will_replay(int64_t T, const Tensor& state, int64_t H,
+                              const StateDropout& dropout, const LoopShape& shape) {
   if constexpr (!kGraphedType<typename Step::scalar_type>) {
     return false;
   } else {
     return use_graphed_loop(T, state, H, dropout) &&
-           CapturedLoops<Step>::instance().holds_or_has_room(shape.key, shape.product_sizes, state);
+           CapturedLoops<Step>::instance().will_replay(shape.key, shape.product_sizes, state);
   }
 }
 

@@ -70,9 +70,10 @@ constexpr int64_t kAutoPersistentMaxWorkTensorCores = 1800 * 1000;
 constexpr int64_t kAutoPersistentMaxWorkAgainstGraphs = 200 * 1000;
 
 // `stepwise_graphed()`: whether this call's stepwise loop would run from a graph
-// (graphed_loop_has_room), asked only where the answer matters (tensor cores, work between the
-// two limits). Where it would not (the graph cache is full of loops in use: more keys in
-// rotation than it holds, such as many sequence lengths), the eager loop's limit applies.
+// (graphed_loop_will_replay), asked only where the answer matters (tensor cores, work between
+// the two limits). Where it would not (a key's first call; a graph cache full of loops in use:
+// more keys in rotation than it holds, such as many sequence lengths), the eager loop's limit
+// applies.
 template <class StepwiseGraphed>
 bool auto_picks_persistent_on_cuda(const Tensor& state, int64_t H, int64_t gates,
                                    const StepwiseGraphed& stepwise_graphed) {

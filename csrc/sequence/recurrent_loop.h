@@ -58,7 +58,7 @@ void forward_loop(int64_t T, bool reverse, int64_t gates, const Tensor& h, const
   using Step = decltype(step_at(int64_t{0}));
   const bool persistent = use_persistent(algo, T, h, H, gates, dropout, [&] {
 #ifdef FUSED_RNN_WITH_CUDA
-    return graphed_loop_has_room<Step>(T, h, H, dropout, forward_loop_shape(T, h, H, w));
+    return graphed_loop_will_replay<Step>(T, h, H, dropout, forward_loop_shape(T, h, H, w));
 #else
     return false;
 #endif
@@ -136,8 +136,8 @@ void backward_loop(int64_t T, bool reverse, int64_t gates, const Tensor& dh, con
   using Step = decltype(step_at(int64_t{0}));
   const bool persistent = use_persistent(algo, T, dh, H, gates, dropout, [&] {
 #ifdef FUSED_RNN_WITH_CUDA
-    return graphed_loop_has_room<Step>(T, dh, H, dropout,
-                                       backward_loop_shape(T, reverse, dh, H, w));
+    return graphed_loop_will_replay<Step>(T, dh, H, dropout,
+                                          backward_loop_shape(T, reverse, dh, H, w));
 #else
     return false;
 #endif
