@@ -12,8 +12,9 @@
 namespace fused_rnn {
 
 std::unique_ptr<CublasStepGemm> CublasStepGemm::make(const at::Tensor& w, bool transposed) {
-  if (!w.is_cuda() || w.dim() != 2 || w.scalar_type() != at::kFloat || w.stride(1) != 1) {
-    return nullptr;
+  if (!w.is_cuda() || w.dim() != 2 || w.scalar_type() != at::kFloat || w.stride(1) != 1 ||
+      w.numel() == 0) {
+    return nullptr;  // an empty product: nothing to capture (ATen's GEMM)
   }
   std::unique_ptr<CublasStepGemm> gemm(new CublasStepGemm());
   gemm->w_ = w;
@@ -29,11 +30,7 @@ void CublasStepGemm::operator()(const at::Tensor& out, const at::Tensor& a, bool
   TORCH_INTERNAL_ASSERT(a.scalar_type() == at::kFloat && out.scalar_type() == at::kFloat &&
                         a.size(1) == K_ && out.size(1) == N_ && out.size(0) == a.size(0));
   const int64_t M = a.size(0);
-  if (M == 0 || N_ == 0) return;
-  if (K_ == 0) {
-    if (!accumulate) out.zero_();
-    return;
-  }
+  if (M == 0) return;
   // This thread's ATen handle, on the current stream, with its math mode set from torch's TF32
   // flag (and ATen's workspace for the stream, replaced by ours below; ATen sets its own again
   // at its next use).
@@ -48,12 +45,15 @@ void CublasStepGemm::operator()(const at::Tensor& out, const at::Tensor& a, bool
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   // Column-major, cuBLAS's order: outᵀ [N, M] = op(w)ᵀ [N, K] · aᵀ [K, M]. Row-major w [N, K]
   // is column-major [K, N] (transposed: op T), row-major w [K, N] column-major [N, K] (op N).
+  // Leading dimensions at least the rows cuBLAS reads (a one-row matrix may have any stride).
+  const auto ld = [](int64_t stride, int64_t rows) {
+    return static_cast<int>(std::max<int64_t>(stride, rows));
+  };
   check(cublasSgemm(handle, transposed_ ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N,
                     static_cast<int>(N_), static_cast<int>(M), static_cast<int>(K_), &alpha,
-                    w_.data_ptr<float>(), static_cast<int>(std::max<int64_t>(w_.stride(0), transposed_ ? K_ : N_)),
-                    a.data_ptr<float>(),
-                    static_cast<int>(std::max<int64_t>(a.stride(0), K_)), &beta,
-                    out.data_ptr<float>(), static_cast<int>(std::max<int64_t>(out.stride(0), N_))),
+                    w_.data_ptr<float>(), ld(w_.stride(0), transposed_ ? K_ : N_),
+                    a.data_ptr<float>(), ld(a.stride(0), K_), &beta, out.data_ptr<float>(),
+                    ld(out.stride(0), N_)),
         "Sgemm");
   // ATen's workspace back on its handle, for whoever uses the handle next without setting it.
   (void)at::cuda::getCurrentCUDABlasHandle();

@@ -251,9 +251,7 @@ struct CapturedLoops {
                                 bool transposed, const std::vector<int64_t>& product_sizes,
                                 const Prepare& prepare, const Capture& capture_steps) {
     ++calls;
-    for (const auto& loop : loops) {
-      if (loop->key == key) return touch(loop.get());
-    }
+    if (CapturedLoop* loop = held(key)) return touch(loop);
     if (!seen_before(key)) return nullptr;
     if (!make_room(key.device, loop_bytes(key, product_sizes, state), /*evict=*/true)) {
       return nullptr;
@@ -305,9 +303,7 @@ struct CapturedLoops {
   bool will_replay(const CapturedLoopKey& key, const std::vector<int64_t>& product_sizes,
                    const Tensor& state) {
     const std::lock_guard<std::mutex> lock(mutex);
-    for (const auto& loop : loops) {
-      if (loop->key == key) return true;
-    }
+    if (held(key) != nullptr) return true;
     const bool seen = std::find(seen_once.begin(), seen_once.end(), key) != seen_once.end();
     if (seen && make_room(key.device, loop_bytes(key, product_sizes, state), /*evict=*/false)) {
       return true;
@@ -315,6 +311,14 @@ struct CapturedLoops {
     if (!seen) remember(key);
     ++calls;
     return false;
+  }
+
+  // The loop of `key`, or nullptr.
+  CapturedLoop* held(const CapturedLoopKey& key) const {
+    for (const auto& loop : loops) {
+      if (loop->key == key) return loop.get();
+    }
+    return nullptr;
   }
 
   // The bytes of a loop's buffers: state [B, P], product, and T step structs.
