@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 
+import fused_rnn
 from fused_rnn import _ops
 
 
@@ -24,6 +25,20 @@ def operand(rows, cols, layout):
     return t.detach().requires_grad_()
 
 
+@pytest.fixture(params=["packed", "aten"])
+def weight_gradients(request, monkeypatch):
+    """Runs a test with each choice of GEMM for the weight gradients' products (x read down its
+    columns, w in place: ours only with AVX-512, by default not on Intel CPUs)."""
+    monkeypatch.setenv("FUSED_RNN_CPU_WEIGHT_GRADIENTS", request.param)
+    return request.param
+
+
+def aten_products(x, w):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        _ops.linear(x, w, None)
+    return sum(event.name in ("aten::mm", "aten::addmm") for event in prof.events())
+
+
 @with_threads
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("x_t,w_t", [(False, False), (True, False), (False, True), (True, True),
@@ -31,7 +46,7 @@ def operand(rows, cols, layout):
 # (450, 1100, 208): K crosses a K block (kBlockK = 1024; 256 where A is gathered), M a gathered
 # block's 384 rows, N ends in a partial panel.
 @pytest.mark.parametrize("m,k,n", [(203, 77, 96), (64, 300, 160), (1000, 16, 512), (450, 1100, 208)])
-def test_matches_torch(m, k, n, x_t, w_t, bias, threads):
+def test_matches_torch(m, k, n, x_t, w_t, bias, threads, weight_gradients):
     torch.manual_seed(0)
     x, w = operand(m, k, x_t), operand(n, k, w_t)
     b = torch.randn(n, requires_grad=True) if bias else None
@@ -46,6 +61,26 @@ def test_matches_torch(m, k, n, x_t, w_t, bias, threads):
     want = torch.autograd.grad(expected, inputs64, grad.double())
     for g, e in zip(got, want):
         torch.testing.assert_close(g.double(), e, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.skipif(fused_rnn.build_info()["cpu_simd"] != "avx512",
+                    reason="our weight-gradient product needs AVX-512")
+def test_weight_gradients_follow_the_setting(weight_gradients):
+    """A weight gradient's product (x read down its columns, w in place) is ours or ATen's as
+    FUSED_RNN_CPU_WEIGHT_GRADIENTS says; every other product stays ours."""
+    torch.manual_seed(2)
+    d_pre, inputs = torch.randn(1100, 208), torch.randn(1100, 96)
+    assert aten_products(d_pre.t(), inputs.t()) == (weight_gradients == "aten")
+    assert aten_products(torch.randn(450, 96), torch.randn(208, 96)) == 0
+
+
+@pytest.mark.skipif(fused_rnn.build_info()["cpu_simd"] not in ("avx2", "avx512"),
+                    reason="without AVX2 every product is ATen's and the setting is not read")
+def test_bad_weight_gradient_setting_is_named(monkeypatch):
+    monkeypatch.setenv("FUSED_RNN_CPU_WEIGHT_GRADIENTS", "mkl")
+    d_pre, inputs = torch.randn(1100, 208), torch.randn(1100, 96)
+    with pytest.raises(RuntimeError, match="FUSED_RNN_CPU_WEIGHT_GRADIENTS must be 'packed' or 'aten', got 'mkl'"):
+        _ops.linear(d_pre.t(), inputs.t(), None)
 
 
 def test_small_and_odd_shapes_fall_back():

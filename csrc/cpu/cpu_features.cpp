@@ -32,6 +32,11 @@ bool cpu_has_avx512() {
                                 __builtin_cpu_supports("avx512vl") && aten_capability() == "AVX512";
   return supported;
 }
+
+bool aten_blas_runs_avx512() {
+  static const bool intel = cpu_has_avx512() && __builtin_cpu_is("intel");
+  return intel;
+}
 #endif
 
 }  // namespace fused_rnn

@@ -4,6 +4,8 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 
 #include "../cpu/packed_gemm.h"
 #include "fused_rnn/check_message.h"
@@ -35,6 +37,28 @@ void aten_gemm(const at::Tensor& out, const at::Tensor& a, const at::Tensor& rhs
   }
 }
 
+// Whether a weight gradient's product (A read down its columns and gathered block by block, B
+// read in place: cpu::gemm) runs ours: only with AVX-512, and by default not on Intel CPUs,
+// where MKL runs its AVX-512 code; FUSED_RNN_CPU_WEIGHT_GRADIENTS=packed (ours, with AVX-512) or
+// =aten decides instead (the tests run both). Measured on the 2-core AMD EPYC, dW = d_preᵀ · x
+// at deepbench_1024 (6400 x 4096 x 1024): 439 GF/s with AVX-512; at ATEN_CPU_CAPABILITY=avx2
+// our AVX2 build ran it at 166 GF/s and MKL's AVX2 code at 213 (the input projection and d x
+// stay ours there: 230 against MKL's 183-211). On a 2-core Intel Xeon (AVX-512, 48 KiB L1,
+// 2 MiB L2), interleaved, best of 3-7: dW at mid (6400 x 2048 x 512) MKL 61 against our 75 ms,
+// at large_batch's GRU (12800 x 3072 x 1024) 282-303 against 431-510 ms; d x and the input
+// projection stay ours there (320 against 335 ms, 74 against 84).
+#ifdef FUSED_RNN_CPU_AVX2
+bool weight_gradients_run_packed() {
+  const char* value = std::getenv("FUSED_RNN_CPU_WEIGHT_GRADIENTS");
+  const std::string choice = value ? value : "";
+  TORCH_CHECK(choice.empty() || choice == "packed" || choice == "aten",
+              message("fused_rnn: FUSED_RNN_CPU_WEIGHT_GRADIENTS must be 'packed' or 'aten', got '",
+                      choice, "'"));
+  if (!cpu_has_avx512() || choice == "aten") return false;
+  return choice == "packed" || !aten_blas_runs_avx512();
+}
+#endif
+
 // Whether linear() runs our CPU GEMM for x [M, K] · wᵀ, w [N, K]: from about a million
 // multiply-adds, and, where it packs w (all but a weight gradient's in-place operand, see
 // cpu::gemm), for at least kMinRowsToPack rows.
@@ -43,15 +67,9 @@ bool use_packed_gemm(const at::Tensor& x, const at::Tensor& w) {
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
   // linear() passes A = x (lda_k = x.stride(1)) and B = wᵀ (ldb_n = w.stride(0)) to cpu::gemm.
   const bool packs_w = !cpu::gemm_reads_b_in_place(x.stride(1), w.stride(0));
-  // A weight gradient's product (the one that reads w in place, its A gathered block by block)
-  // is ours only with AVX-512. Measured on the 2-core AMD EPYC, dW = d_preᵀ · x at
-  // deepbench_1024 (6400 x 4096 x 1024): 439 GF/s with AVX-512; at ATEN_CPU_CAPABILITY=avx2 our
-  // AVX2 build ran it at 166 GF/s and MKL's AVX2 code at 213 (the input projection and d x stay
-  // ours there: 230 against MKL's 183-211).
-  if (!packs_w && !cpu_has_avx512()) return false;
   return x.is_cpu() && x.scalar_type() == at::kFloat && N % cpu::kChunk == 0 &&
          M * K * N >= (int64_t{1} << 20) && (M >= kMinRowsToPack || !packs_w) &&
-         cpu::cpu_has_packed_gemm();
+         cpu::cpu_has_packed_gemm() && (packs_w || weight_gradients_run_packed());
 #else
   return false;
 #endif

@@ -62,7 +62,9 @@ class StepGemm {
 // The large products outside the time loops (input projection, its gradients, the weight
 // gradients): x [M, K] · wᵀ (+ b), w [N, K], b [N]; any strides (transposed views included).
 // Float on a CPU with AVX2 + FMA runs the packed GEMM on all threads (csrc/cpu/packed_gemm.h):
-// MKL runs its AVX2 code on AMD CPUs, at half the speed. Everything else: at::addmm / at::mm.
+// MKL runs its AVX2 code on AMD CPUs, at half the speed. Weight gradients (x read down its
+// columns) are ours only with AVX-512 and not on Intel CPUs, where MKL's AVX-512 product is the
+// faster (gemm.cpp, use_packed_gemm). Everything else: at::addmm / at::mm.
 // Also the op fused_rnn::linear (autograd in fused_rnn/_ops.py).
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b);
 

@@ -22,6 +22,9 @@ namespace fused_rnn {
 // Whether this CPU runs the AVX2 + FMA (AVX-512) kernels; checked once (csrc/cpu/cpu_features.cpp).
 bool cpu_has_avx2();
 bool cpu_has_avx512();
+// Whether ATen's BLAS (MKL in x86 torch) runs its AVX-512 GEMM here: MKL picks its code by CPU
+// vendor, AVX-512 on Intel CPUs only (AVX2 on AMD's).
+bool aten_blas_runs_avx512();
 // Rows [row_begin, row_end) x columns [col_begin, col_end) of a float or double step with AVX2
 // vectors (csrc/cpu/steps_avx2.cpp).
 template <class Step>
