@@ -44,8 +44,9 @@ def release_cuda_graphs() -> int:
     For float16 and bfloat16 on CUDA (float32 too with FUSED_RNN_STEPWISE_GRAPHS=all) the ops
     replay their stepwise loops from CUDA graphs captured on a shape's second call. Each captured
     loop keeps its buffers (a backward loop one the size of the saved gates) for the next call, up
-    to 16 loops per step type and 1/64 of the device's memory. Call this to give that memory back, e.g. after training; later calls capture
-    again. Returns 0 without compiled CUDA kernels."""
+    to 16 loops per step type and 1/64 of the device's memory. Call this to give that memory
+    back, e.g. after training; later calls capture again. Returns 0 without compiled CUDA
+    kernels."""
     from . import _ops
 
     return 0 if _ops.LOAD_ERROR is not None else int(_ops._C.release_cuda_graphs())
