@@ -13,13 +13,18 @@ namespace {
 
 using namespace op_calls;  // NOLINT: the op structs and call helpers
 
-// x [T, B, I] -> x · w_ihᵀ + b_ih [T, B, G·H].
+// x [T, B, I] -> x · w_ihᵀ + b_ih [T, B, G·H]. Sizes stay symbolic (SymInt): under
+// torch.compile / torch.export a plain int size would specialise the graph to one T and B.
 Tensor project(const Tensor& x, const Tensor& w_ih, const OptTensor& b_ih) {
-  TORCH_CHECK(x.dim() == 3 && w_ih.dim() == 2 && x.size(2) == w_ih.size(1),
-              message("fused_rnn: x must be [T, B, I] and w_ih [G*H, I], got x ", x.sizes(),
-                      " and w_ih ", w_ih.sizes()));
-  const int64_t T = x.size(0), B = x.size(1);
-  return call<Linear>(x.reshape({T * B, x.size(2)}), w_ih, b_ih).view({T, B, w_ih.size(0)});
+  TORCH_CHECK(x.dim() == 3 && w_ih.dim() == 2,
+              message("fused_rnn: x must be [T, B, I] and w_ih [G*H, I], got a ",
+                      static_cast<int64_t>(x.dim()), "-D x and a ",
+                      static_cast<int64_t>(w_ih.dim()), "-D w_ih"));
+  TORCH_SYM_CHECK(x.sym_size(2).sym_eq(w_ih.sym_size(1)),
+                  "fused_rnn: x's input size (its last dimension) must equal w_ih's columns");
+  const c10::SymInt T = x.sym_size(0), B = x.sym_size(1);
+  return call<Linear>(x.reshape_symint({T * B, x.sym_size(2)}), w_ih, b_ih)
+      .view_symint({T, B, w_ih.sym_size(0)});
 }
 
 std::tuple<Tensor, Tensor> elman_sequence(const Tensor& x, const Tensor& h0, const Tensor& w_ih,

@@ -11,7 +11,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from . import functional
+from . import _autocast, functional
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "PeepholeLSTMCell"]
 
@@ -58,7 +58,7 @@ class _FusedCellBase(nn.RNNCellBase):
         for k, s in enumerate(states):
             shape = s.shape
             if len(shape) != input_dims or (batch, self.hidden_size) != (shape if is_batched else (1, *shape)) \
-                    or s.dtype != x.dtype:
+                    or (s.dtype != x.dtype and _autocast.autocast_dtype(x) is None):  # autocast casts
                 self._state_error(k, s, input_dims, batch, x.dtype)
             if not is_batched:
                 states[k] = s.unsqueeze(0)

@@ -40,7 +40,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import _ops, reference
+from . import _autocast, _ops, reference
 
 try:  # functorch's interpreter stack: which torch.func transforms are active
     from torch._C._functorch import TransformType
@@ -93,8 +93,17 @@ def _check_sequence(x: Tensor, h0: Tensor, w_ih: Tensor) -> None:
                          f"{w_shape[1] if len(w_shape) == 2 else '?'} (w_ih shape {tuple(w_shape)})")
     if len(h0_shape) != 2 or h0_shape[0] != x_shape[1]:
         raise ValueError(f"h0 must be (B={x_shape[1]}, hidden), got shape {tuple(h0_shape)}")
-    if w_ih.dtype != x.dtype:
+    if w_ih.dtype != x.dtype and _autocast.autocast_dtype(x) is None:  # autocast casts them
         raise ValueError(f"w_ih has dtype {w_ih.dtype} but x has dtype {x.dtype}")
+
+
+def _reference(fn, x: Tensor, *args, **kwargs):
+    """The reference backend's ``fn``; inside an autocast region with the casts the fused ops'
+    autocast kernels make, so that both backends compute the same thing there."""
+    dtype = _autocast.autocast_dtype(x)
+    if dtype is None:
+        return fn(x, *args, **kwargs)
+    return _autocast.run_cast(fn, dtype, x.device.type, x, *args, **kwargs)
 
 
 def prepare_lengths(lengths: Optional[Tensor], batch: int, steps: int,
@@ -109,7 +118,13 @@ def prepare_lengths(lengths: Optional[Tensor], batch: int, steps: int,
     if lengths.dim() != 1 or lengths.numel() != batch:
         raise ValueError(f"lengths must be 1-D with one entry per sequence (B={batch}), "
                          f"got shape {tuple(lengths.shape)}")
-    if batch > 0 and lengths.device.type == "cpu":
+    if torch.compiler.is_compiling() and lengths.device.type == "cpu":
+        # A traced graph cannot branch on the values (nor read them without a graph break): the
+        # check runs inside the graph instead, and raises when the graph runs. (On a GPU it would
+        # be a device-side assert, which ends the process: there values clamp, as in eager.)
+        torch._assert_async(((lengths >= 0) & (lengths <= steps)).all(),
+                            "lengths must lie in [0, T]")
+    elif lengths.device.type == "cpu" and lengths.numel() > 0:
         # Checked where it is free. Lengths already on the GPU are not read back (that would
         # synchronise); there, values outside [0, T] clamp (< 0: nothing valid, > T: all valid).
         low, high = torch.aminmax(lengths)
@@ -128,8 +143,8 @@ def rnn(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
     if backend == "reference":
-        return reference.rnn(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity=nonlinearity,
-                             lengths=lengths, reverse=reverse, state_mask=state_mask)
+        return _reference(reference.rnn, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity=nonlinearity,
+                          lengths=lengths, reverse=reverse, state_mask=state_mask)
     _check_sequence(x, h0, w_ih)
     lengths = prepare_lengths(lengths, x.size(1), x.size(0), x.device)
     return _ops.elman(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, state_mask, reverse,
@@ -157,8 +172,8 @@ def peephole_lstm(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
     backend = _backend_to_run(backend)
     check_algo(algo)
     if backend == "reference":
-        return reference.peephole_lstm(x, h0, c0, w_ih, w_hh, w_ch, b_ih, b_hh, w_hr=w_hr,
-                                       lengths=lengths, reverse=reverse, state_mask=state_mask)
+        return _reference(reference.peephole_lstm, x, h0, c0, w_ih, w_hh, w_ch, b_ih, b_hh,
+                          w_hr=w_hr, lengths=lengths, reverse=reverse, state_mask=state_mask)
     _check_sequence(x, h0, w_ih)
     lengths = prepare_lengths(lengths, x.size(1), x.size(0), x.device)
     return _ops.lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, lengths, state_mask, reverse,
@@ -175,8 +190,8 @@ def gru(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor
     backend = _backend_to_run(backend)
     check_algo(algo)
     if backend == "reference":
-        return reference.gru(x, h0, w_ih, w_hh, b_ih, b_hh, reset_after=reset_after,
-                             lengths=lengths, reverse=reverse, state_mask=state_mask)
+        return _reference(reference.gru, x, h0, w_ih, w_hh, b_ih, b_hh, reset_after=reset_after,
+                          lengths=lengths, reverse=reverse, state_mask=state_mask)
     _check_sequence(x, h0, w_ih)
     lengths = prepare_lengths(lengths, x.size(1), x.size(0), x.device)
     return _ops.gru(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, state_mask, reverse, reset_after, algo)

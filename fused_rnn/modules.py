@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import _packing, functional, placement
+from . import _autocast, _packing, functional, placement
 
 __all__ = ["RNN", "LSTM", "GRU", "PeepholeLSTM"]
 
@@ -206,7 +206,7 @@ class _FusedRNNBase(nn.RNNBase):
             name = "hx" if self._num_states == 1 else f"hx[{k}]"
             if tuple(s.shape) != shape:
                 raise RuntimeError(f"Expected {name} size {shape}, got {list(s.shape)}")
-            if s.dtype != x.dtype:
+            if s.dtype != x.dtype and _autocast.autocast_dtype(x) is None:  # autocast casts
                 raise RuntimeError(f"{name} has dtype {s.dtype} but the input has dtype {x.dtype}")
         return states
 
