@@ -1,5 +1,5 @@
 """fused_rnn: fused C++/CUDA kernels for classic recurrent cells, as drop-in torch.nn modules."""
-from . import functional, reference, training
+from . import functional, quantization, reference, training
 from ._build_info import build_info, release_cpu_buffers, release_cuda_graphs
 from .cells import GRUCell, LSTMCell, PeepholeLSTMCell, RNNCell
 from .modules import GRU, LSTM, RNN, PeepholeLSTM
@@ -7,5 +7,5 @@ from .modules import GRU, LSTM, RNN, PeepholeLSTM
 __version__ = "0.1.0"
 
 __all__ = ["RNN", "LSTM", "GRU", "PeepholeLSTM", "RNNCell", "LSTMCell", "GRUCell", "PeepholeLSTMCell",
-           "functional", "reference", "training", "build_info", "release_cpu_buffers",
+           "functional", "quantization", "reference", "training", "build_info", "release_cpu_buffers",
            "release_cuda_graphs", "__version__"]

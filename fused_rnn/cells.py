@@ -25,7 +25,10 @@ class _FusedCellBase(nn.RNNCellBase):
                  dtype, backend: str) -> None:
         if backend not in _BACKENDS:
             raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
-        super().__init__(input_size, hidden_size, bias, num_chunks=num_chunks, device=device, dtype=dtype)
+        # RNNCellBase's own __init__: next in the MRO is nn.RNNCell/LSTMCell/GRUCell (the cells
+        # are instances of those), whose __init__ takes other arguments.
+        nn.RNNCellBase.__init__(self, input_size, hidden_size, bias, num_chunks=num_chunks,
+                                device=device, dtype=dtype)
         self.backend = backend
 
     def extra_repr(self) -> str:
@@ -85,7 +88,7 @@ class _FusedCellBase(nn.RNNCellBase):
         return self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
 
 
-class RNNCell(_FusedCellBase):
+class RNNCell(_FusedCellBase, nn.RNNCell):
     """Elman cell h' = act(W_ih x + b_ih + W_hh h + b_hh), act tanh or relu: a drop-in
     torch.nn.RNNCell. Input (B, I) or unbatched (I,); hx optional (zeros). Returns h'."""
 
@@ -103,7 +106,7 @@ class RNNCell(_FusedCellBase):
         return h if is_batched else h.squeeze(0)
 
 
-class GRUCell(_FusedCellBase):
+class GRUCell(_FusedCellBase, nn.GRUCell):
     """GRU cell (gate order r, z, n): a drop-in torch.nn.GRUCell. ``reset_after=False`` is the
     original GRU, n = tanh(W_in x + b_in + W_hn (r*h) + b_hn), same parameters (see fused_rnn.GRU).
     Input (B, I) or unbatched (I,); hx optional (zeros). Returns h'."""
@@ -124,7 +127,7 @@ class GRUCell(_FusedCellBase):
         return h if is_batched else h.squeeze(0)
 
 
-class LSTMCell(_FusedCellBase):
+class LSTMCell(_FusedCellBase, nn.LSTMCell):
     """LSTM cell (gate order i, f, g, o): a drop-in torch.nn.LSTMCell. Input (B, I) or unbatched
     (I,); hx an optional tuple (h, c) (zeros). Returns (h', c')."""
 

@@ -87,8 +87,10 @@ class _FusedRNNBase(nn.RNNBase):
         if backend not in _BACKENDS:
             raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
         functional.check_algo(algo)
-        super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, proj_size, device=device, dtype=dtype)
+        # RNNBase's own __init__, not super()'s: next in the MRO is nn.LSTM/GRU/RNN (the modules
+        # are instances of those, for isinstance checks), whose __init__ takes other arguments.
+        nn.RNNBase.__init__(self, mode, input_size, hidden_size, num_layers, bias, batch_first,
+                            dropout, bidirectional, proj_size, device=device, dtype=dtype)
         self.input_dropout = _check_probability("input_dropout", input_dropout)
         self.output_dropout = _check_probability("output_dropout", output_dropout)
         self.state_dropout = _check_probability("state_dropout", state_dropout)
@@ -280,7 +282,7 @@ class _FusedRNNBase(nn.RNNBase):
         return output, (states[0] if self._num_states == 1 else tuple(states))
 
 
-class RNN(_FusedRNNBase):
+class RNN(_FusedRNNBase, nn.RNN):
     __doc__ = """Multi-layer Elman RNN, h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), act tanh
     or relu: a drop-in torch.nn.RNN (same arguments, parameters, state_dict, inputs and outputs).
     """ + _COMMON_DOC
@@ -305,7 +307,7 @@ class RNN(_FusedRNNBase):
                               algo=self.algo)
 
 
-class GRU(_FusedRNNBase):
+class GRU(_FusedRNNBase, nn.GRU):
     __doc__ = """Multi-layer GRU, gate order r, z, n: a drop-in torch.nn.GRU.
 
     reset_after: True (default) is torch/cuDNN's GRU, n = tanh(W_in x + b_in + r*(W_hn h + b_hn));
@@ -334,7 +336,7 @@ class GRU(_FusedRNNBase):
                               algo=self.algo)
 
 
-class LSTM(_FusedRNNBase):
+class LSTM(_FusedRNNBase, nn.LSTM):
     __doc__ = """Multi-layer LSTM, gate order i, f, g, o, optional projection (proj_size): a drop-in
     torch.nn.LSTM. hx and the returned state are tuples (h, c), h of size proj_size if > 0.
     """ + _COMMON_DOC
