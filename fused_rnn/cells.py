@@ -11,7 +11,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from . import _autocast, functional
+from . import _autocast, functional, scripted
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "PeepholeLSTMCell"]
 
@@ -30,6 +30,10 @@ class _FusedCellBase(nn.RNNCellBase):
         nn.RNNCellBase.__init__(self, input_size, hidden_size, bias, num_chunks=num_chunks,
                                 device=device, dtype=dtype)
         self.backend = backend
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """What torch.jit.script compiles instead (fused_rnn/scripted.py)."""
+        return scripted.scriptable(self)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import _autocast, _packing, functional, placement
+from . import _autocast, _packing, functional, placement, scripted
 
 __all__ = ["RNN", "LSTM", "GRU", "PeepholeLSTM"]
 
@@ -96,6 +96,11 @@ class _FusedRNNBase(nn.RNNBase):
         self.state_dropout = _check_probability("state_dropout", state_dropout)
         self.backend = backend
         self.algo = algo
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """What torch.jit.script compiles instead: the same parameters and ops behind a
+        forward in TorchScript's subset (fused_rnn/scripted.py)."""
+        return scripted.scriptable(self)
 
     def flatten_parameters(self) -> None:
         """No-op: the fused kernels use the parameters where they are (no cuDNN weight buffer)."""
