@@ -9,7 +9,9 @@ from torch.ao.quantization import quantize_dynamic
 import fused_rnn
 from fused_rnn.quantization import with_fused_types
 
-X
+# torch.ao.quantization and quantized tensors warn that they are deprecated (for torchao).
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"),
+              pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 TYPES = [
     (lambda: fused_rnn.LSTM(4, 6), nn.LSTM), (lambda: fused_rnn.PeepholeLSTM(4, 6), nn.LSTM),
