@@ -134,3 +134,22 @@ def test_aot_inductor_dynamic_batch_in_a_fresh_process(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("torch_type", [torch.nn.LSTM, torch.nn.GRU, torch.nn.RNN])
+def test_torch_rnns_still_compile_to_eager_numbers(torch_type):
+    """fused_rnn sets Dynamo's allow_rnn (its modules are nn.LSTM/GRU/RNN instances), which
+    makes Dynamo trace torch.nn's own RNNs too: they must still give eager's numbers."""
+    assert torch._dynamo.config.allow_rnn
+    torch._dynamo.reset()
+    torch.manual_seed(6)
+    module = torch_type(6, 8, num_layers=2, bidirectional=True)
+    compiled = torch.compile(module, backend="aot_eager", fullgraph=True, dynamic=True)
+    for steps, batch in SIZES[:3]:
+        x = torch.randn(steps, batch, 6, requires_grad=True)
+        out = compiled(x)[0]
+        (grad,) = torch.autograd.grad(out.sum(), x)
+        expected = module(x)[0]
+        (grad_eager,) = torch.autograd.grad(expected.sum(), x)
+        torch.testing.assert_close(out, expected)
+        torch.testing.assert_close(grad, grad_eager)
