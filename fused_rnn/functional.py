@@ -40,7 +40,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import _ops, reference
+from . import _checks, _ops, reference
 
 try:  # functorch's interpreter stack: which torch.func transforms are active
     from torch._C._functorch import TransformType
@@ -83,27 +83,14 @@ def check_algo(algo: str) -> None:
         raise ValueError(f"algo must be one of {ALGORITHMS}, got {algo!r}")
 
 
-def _check_sequence(x: Tensor, h0: Tensor, w_ih: Tensor) -> None:
-    # Each shape read once: a cell called once per token pays these checks every step.
-    x_shape, h0_shape, w_shape = x.shape, h0.shape, w_ih.shape
-    if len(x_shape) != 3:
-        raise ValueError(f"x must be 3-D (T, B, I), got shape {tuple(x_shape)}")
-    if len(w_shape) != 2 or x_shape[2] != w_shape[1]:
-        raise ValueError(f"x has input size {x_shape[2]} but w_ih expects "
-                         f"{w_shape[1] if len(w_shape) == 2 else '?'} (w_ih shape {tuple(w_shape)})")
-    if len(h0_shape) != 2 or h0_shape[0] != x_shape[1]:
-        raise ValueError(f"h0 must be (B={x_shape[1]}, hidden), got shape {tuple(h0_shape)}")
-    if w_ih.dtype != x.dtype:
-        raise ValueError(f"w_ih has dtype {w_ih.dtype} but x has dtype {x.dtype}")
-
-
 def prepare_lengths(lengths: Optional[Tensor], batch: int, steps: int,
-                    device: torch.device) -> Optional[Tensor]:
+                    device: torch.device, fn: str = "") -> Optional[Tensor]:
     """Validates ``lengths`` and returns it as int64 on ``device`` (one copy, before the loop)."""
     if lengths is None:
         return None
     if not isinstance(lengths, Tensor):
         lengths = torch.as_tensor(lengths)
+    _checks.lengths_device(fn, lengths, device)
     if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
         raise ValueError(f"lengths must be an integer tensor, got dtype {lengths.dtype}")
     if lengths.dim() != 1 or lengths.numel() != batch:
@@ -118,6 +105,37 @@ def prepare_lengths(lengths: Optional[Tensor], batch: int, steps: int,
     return lengths.to(device=device, dtype=torch.int64, non_blocking=True).contiguous()
 
 
+def _zero_padding(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
+    """x with its padding (rows t >= lengths[b]) set to 0. The recurrence never reads those rows,
+    but the input projection's weight gradient multiplies every row of x by its zero gradient, and
+    0 * NaN (or Inf) is NaN: a NaN in the padding would poison w_ih's gradient. masked_fill also
+    gives the padding a zero gradient, as pack_padded_sequence does."""
+    if lengths is None:
+        return x
+    padding = torch.arange(x.shape[0], device=x.device).unsqueeze(1) >= lengths  # (T, B)
+    return x.masked_fill(padding.unsqueeze(2), 0)
+
+
+def _prepare(fn: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
+             b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_ch: Optional[Tensor],
+             w_hr: Optional[Tensor], lengths, state_mask: Optional[Tensor]
+             ) -> Tuple[Tensor, Optional[Tensor]]:
+    """Checks every argument (by its public name) and returns (x with zeroed padding, lengths as
+    int64 on x's device); shared by both backends."""
+    _checks.sequence_args(fn, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, state_mask)
+    if lengths is None:
+        return x, None
+    lengths = prepare_lengths(lengths, x.shape[1], x.shape[0], x.device, fn)
+    return _zero_padding(x, lengths), lengths
+
+
+def _require_steps(fn: str, x: Tensor) -> None:
+    if x.shape[0] == 0:  # the compiled loops need a first step; the reference returns h0
+        raise _checks.ArgumentError(
+            f"fused_rnn.functional.{fn}: x has no time steps (shape {tuple(x.shape)}); the fused "
+            "backend needs T >= 1 (backend='reference' returns the initial state)")
+
+
 def rnn(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
         b_hh: Optional[Tensor] = None, *, nonlinearity: str = "tanh", lengths: Optional[Tensor] = None,
         reverse: bool = False, state_mask: Optional[Tensor] = None,
@@ -127,11 +145,12 @@ def rnn(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor
     check_algo(algo)
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    x, lengths = _prepare("rnn", x, h0, None, w_ih, w_hh, b_ih, b_hh, None, None, lengths,
+                          state_mask)
     if backend == "reference":
         return reference.rnn(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity=nonlinearity,
                              lengths=lengths, reverse=reverse, state_mask=state_mask)
-    _check_sequence(x, h0, w_ih)
-    lengths = prepare_lengths(lengths, x.size(1), x.size(0), x.device)
+    _require_steps("rnn", x)
     return _ops.elman(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, state_mask, reverse,
                       nonlinearity == "relu", algo)
 
@@ -156,11 +175,12 @@ def peephole_lstm(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
     ``w_ch=None`` is the plain LSTM. Returns (y, h_n, c_n)."""
     backend = _backend_to_run(backend)
     check_algo(algo)
+    fn = "peephole_lstm" if w_ch is not None else "lstm"
+    x, lengths = _prepare(fn, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, lengths, state_mask)
     if backend == "reference":
         return reference.peephole_lstm(x, h0, c0, w_ih, w_hh, w_ch, b_ih, b_hh, w_hr=w_hr,
                                        lengths=lengths, reverse=reverse, state_mask=state_mask)
-    _check_sequence(x, h0, w_ih)
-    lengths = prepare_lengths(lengths, x.size(1), x.size(0), x.device)
+    _require_steps(fn, x)
     return _ops.lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, lengths, state_mask, reverse,
                      algo)
 
@@ -174,9 +194,10 @@ def gru(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor
     n = tanh(W_in x + b_in + W_hn (r⊙h) + b_hn). h' = (1-z)⊙n + z⊙h. Returns (y, h_n)."""
     backend = _backend_to_run(backend)
     check_algo(algo)
+    x, lengths = _prepare("gru", x, h0, None, w_ih, w_hh, b_ih, b_hh, None, None, lengths,
+                          state_mask)
     if backend == "reference":
         return reference.gru(x, h0, w_ih, w_hh, b_ih, b_hh, reset_after=reset_after,
                              lengths=lengths, reverse=reverse, state_mask=state_mask)
-    _check_sequence(x, h0, w_ih)
-    lengths = prepare_lengths(lengths, x.size(1), x.size(0), x.device)
+    _require_steps("gru", x)
     return _ops.gru(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, state_mask, reverse, reset_after, algo)
