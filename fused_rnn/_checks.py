@@ -39,7 +39,7 @@ def sequence_args(fn: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Te
     """Checks the tensor arguments of ``fused_rnn.functional.<fn>`` (c0 is None for the cells
     without a cell state). Raises TypeError for a missing tensor, ArgumentError otherwise."""
     lstm = fn != "rnn" and fn != "gru"
-    if not (type(x) is Tensor or isinstance(x, Tensor)):  # the exact type first: the fast case
+    if not isinstance(x, Tensor):
         _not_a_tensor(fn, "x", x)
     x_shape = x.shape
     if len(x_shape) != 3:
@@ -105,8 +105,9 @@ def lengths_device(fn: str, lengths: Tensor, device: torch.device) -> None:
     meta tensor; no data!")."""
     where = lengths.device
     if where.type != "cpu" and where != device:
-        raise ArgumentError(f"{_where(fn)}lengths is on device {where} but x is on device {device}; "
-                            f"lengths must be on the CPU or on x's device")
+        x = "x" if fn else "the input"  # fn is empty for a module's forward
+        raise ArgumentError(f"{_where(fn)}lengths is on device {where} but {x} is on device "
+                            f"{device}; lengths must be on the CPU or on {x}'s device")
 
 
 # ------------------------------------------------------------------------------- the messages

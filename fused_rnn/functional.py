@@ -11,8 +11,15 @@ Shapes (G = gates per cell: Elman 1, GRU 3, LSTM 4; P = proj_size or H):
     w_ih     (G*H, I)        w_hh (G*H, P)        b_ih, b_hh (G*H,)
     w_ch     (3*H,)          peepholes of gates i, f, o
     w_hr     (P, H)          LSTM projection
-    lengths  (B,) integer, values in [0, T]; None means every sequence has length T.
+    lengths  (B,) integer, values in [0, T], on the CPU or x's device; None means every
+             sequence has length T. x's rows at t >= lengths[b] are never read: they are zeroed
+             before the input projection, so NaN or Inf there reaches no output or gradient.
     returns  y (T, B, P) with zeros at t >= lengths[b]; h_n (B, P); c_n (B, H)
+
+Every tensor argument is checked before the op call, by its public name (fused_rnn/_checks.py):
+shapes against x and w_hh, x's dtype and x's device for all (meta included); a wrong one raises
+ArgumentError (a ValueError and a RuntimeError), a missing one TypeError. The fused backend needs
+T >= 1; the reference backend returns the initial state for T == 0.
 
 ``state_mask`` (B, P), optional: recurrent-state dropout (variational). The recurrent GEMMs see
 h ⊙ state_mask (entries 0 or 1/(1-p), one mask for the whole sequence); the state itself is not
@@ -41,6 +48,7 @@ import torch
 from torch import Tensor
 
 from . import _checks, _ops, reference
+from ._checks import ArgumentError
 
 try:  # functorch's interpreter stack: which torch.func transforms are active
     from torch._C._functorch import TransformType
@@ -49,7 +57,7 @@ try:  # functorch's interpreter stack: which torch.func transforms are active
 except ImportError:  # a torch without it: no transforms to see
     _peek_interpreter_stack = None
 
-__all__ = ["rnn", "lstm", "peephole_lstm", "gru"]
+__all__ = ["rnn", "lstm", "peephole_lstm", "gru", "ArgumentError"]
 
 _BACKENDS = ("fused", "reference")
 ALGORITHMS = ("auto", "stepwise", "persistent")

@@ -48,7 +48,8 @@ _COMMON_DOC = """
     ``forward(input, hx=None, lengths=None)`` takes what torch's forward takes, plus ``lengths``:
     a 1-D integer tensor (CPU or the input's device), one entry in [0, T] per sequence (for
     unbatched input, one entry or a scalar), that masks padded input: the result is exactly
-    pack_padded_sequence -> torch module -> pad_packed_sequence(total_length=T). Outputs past a
+    pack_padded_sequence -> torch module -> pad_packed_sequence(total_length=T); the padding is
+    never read (NaN or Inf there reaches no result or gradient). Outputs past a
     sequence's length are 0, its final state is the state after its last valid step, and the
     reverse direction starts at that step. ``lengths`` must be None for a PackedSequence input.
 """
