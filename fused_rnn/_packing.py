@@ -28,7 +28,8 @@ def packed_layout(packed: PackedSequence) -> Tuple[Tensor, Tensor]:
     # Packed data is time-major; at step t it holds the batch_sizes[t] longest sequences, in
     # sorted order. valid[t, s]: sorted slot s is present at step t.
     valid = torch.arange(batch).unsqueeze(0) < batch_sizes.unsqueeze(1)
-    if packed.sorted_indices is None:
+    if packed.sorted_indices is None or packed.sorted_indices.is_meta:
+        # (A meta PackedSequence has no permutation to read; only its shapes matter there.)
         original = torch.arange(batch)
     else:
         original = packed.sorted_indices.cpu()  # sorted slot -> original batch position

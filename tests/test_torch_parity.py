@@ -299,6 +299,11 @@ def test_meta_module_gives_meta_outputs_like_torch(kind):
     assert [(t.shape, t.device.type) for t in ours_out] == [(t.shape, t.device.type) for t in theirs_out]
     lengths_out = flat(ours(x, lengths=torch.tensor([5, 2, 0])))  # CPU lengths with meta input
     assert [t.shape for t in lengths_out] == [t.shape for t in theirs_out]
+    packed = pack_padded_sequence(x, torch.tensor([2, 5, 1]), enforce_sorted=False)
+    ours_packed, theirs_packed = ours(packed), theirs(packed)
+    assert ours_packed[0].data.shape == theirs_packed[0].data.shape
+    assert [(t.shape, t.device.type) for t in flat(ours_packed)] == \
+        [(t.shape, t.device.type) for t in flat(theirs_packed)]
 
 
 # ---------------------------------------------------------------------------------- cells
