@@ -70,33 +70,21 @@ def sequence_args(fn: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Te
                             f"({gates}*hidden_size, hidden_size) without a projection w_hr, got "
                             f"{tuple(w_hh_shape)}")
 
-    # Each tensor against x (dtype, device, B, input_size) and w_hh (sizes).
-    if w_hh.dtype != dtype or w_hh.device != device:
-        _wrong_dtype_or_device(fn, "w_hh", w_hh, dtype, device)
-    _like(fn, "h0", h0, (batch, state), dtype, device, x_shape, w_hh_shape)
-    _like(fn, "w_ih", w_ih, (rows, input_size), dtype, device, x_shape, w_hh_shape)
-    if lstm:
-        _like(fn, "c0", c0, (batch, hidden), dtype, device, x_shape, w_hh_shape)
-    if b_ih is not None:
-        _like(fn, "b_ih", b_ih, (rows,), dtype, device, x_shape, w_hh_shape)
-    if b_hh is not None:
-        _like(fn, "b_hh", b_hh, (rows,), dtype, device, x_shape, w_hh_shape)
-    if w_ch is not None:
-        _like(fn, "w_ch", w_ch, (3 * hidden,), dtype, device, x_shape, w_hh_shape)
-    if w_hr is not None:
-        _like(fn, "w_hr", w_hr, (state, hidden), dtype, device, x_shape, w_hh_shape)
-    if state_mask is not None:
-        _like(fn, "state_mask", state_mask, (batch, state), dtype, device, x_shape, w_hh_shape)
-
-
-def _like(fn: str, name: str, t, shape, dtype: torch.dtype, device: torch.device, x_shape,
-          w_hh_shape) -> None:
-    if not isinstance(t, Tensor):
-        _not_a_tensor(fn, name, t)
-    if t.shape != shape:
-        _wrong_shape(fn, name, t, shape, x_shape, w_hh_shape)
-    if t.dtype != dtype or t.device != device:
-        _wrong_dtype_or_device(fn, name, t, dtype, device)
+    # Each tensor against x (dtype, device, B, input_size) and w_hh (sizes); None: not given
+    # (the required ones were checked above).
+    for name, t, shape in (("w_hh", w_hh, w_hh_shape), ("h0", h0, (batch, state)),
+                           ("w_ih", w_ih, (rows, input_size)), ("c0", c0, (batch, hidden)),
+                           ("b_ih", b_ih, (rows,)), ("b_hh", b_hh, (rows,)),
+                           ("w_ch", w_ch, (3 * hidden,)), ("w_hr", w_hr, (state, hidden)),
+                           ("state_mask", state_mask, (batch, state))):
+        if t is None:
+            continue
+        try:
+            wrong = t.shape != shape or t.dtype != dtype or t.device != device
+        except AttributeError:  # not a tensor (try costs nothing when nothing is raised)
+            wrong = True
+        if wrong:
+            _wrong_tensor(fn, name, t, shape, x, w_hh_shape)
 
 
 def lengths_device(fn: str, lengths: Tensor, device: torch.device) -> None:
@@ -115,13 +103,17 @@ def _where(fn: str) -> str:
     return f"fused_rnn.functional.{fn}: " if fn else ""
 
 
-def _wrong_dtype_or_device(fn: str, name: str, t: Tensor, dtype: torch.dtype,
-                           device: torch.device) -> None:
-    if t.dtype != dtype:
-        raise ArgumentError(f"{_where(fn)}{name} has dtype {t.dtype} but x has dtype {dtype}; "
+def _wrong_tensor(fn: str, name: str, t, shape, x: Tensor, w_hh_shape) -> None:
+    """Raises what is wrong with argument ``name``: its type, shape, dtype or device."""
+    if not isinstance(t, Tensor):
+        _not_a_tensor(fn, name, t)
+    if t.shape != shape:
+        _wrong_shape(fn, name, t, shape, x.shape, w_hh_shape)
+    if t.dtype != x.dtype:
+        raise ArgumentError(f"{_where(fn)}{name} has dtype {t.dtype} but x has dtype {x.dtype}; "
                             f"every tensor argument must have x's dtype")
-    raise ArgumentError(f"{_where(fn)}{name} is on device {t.device} but x is on device {device}; "
-                        f"every tensor argument must be on x's device")
+    raise ArgumentError(f"{_where(fn)}{name} is on device {t.device} but x is on device "
+                        f"{x.device}; every tensor argument must be on x's device")
 
 
 def _not_a_tensor(fn: str, name: str, value) -> None:

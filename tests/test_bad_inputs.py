@@ -178,6 +178,7 @@ def _cases() -> Dict[str, Case]:
         "fn_w_hh_empty": Case(gru(w_hh=torch.empty(0)), ValueError, ("w_hh",)),
         "fn_w_hh_cols": Case(gru(w_hh=torch.randn(3 * H, H + 1)), ValueError, ("w_hh",)),
         "fn_w_hh_meta": Case(gru(w_hh=torch.randn(3 * H, H, **meta)), ValueError, ("w_hh", "meta")),
+        "fn_b_ih_not_a_tensor": Case(gru(b_ih=3.0), TypeError, ("b_ih",)),
         "fn_b_ih_shape": Case(gru(b_ih=torch.randn(3 * H + 1)), ValueError, ("b_ih",)),
         "fn_b_ih_2d": Case(gru(b_ih=torch.randn(1, 3 * H)), ValueError, ("b_ih",)),
         "fn_b_ih_meta": Case(gru(b_ih=torch.randn(3 * H, **meta)), ValueError, ("b_ih", "meta")),
