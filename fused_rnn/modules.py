@@ -230,8 +230,8 @@ class _FusedRNNBase(nn.RNNBase):
                 if s.device != device:
                     raise RuntimeError(f"Input and hidden tensors are not at the same device, found "
                                        f"input tensor at {device} and hidden tensor at {s.device}")
-            weight = self._flat_weights[0]
-            if weight is not None and weight.device != device:
+            weight = self.weight_ih_l0  # by name: torch.func.functional_call may have swapped it
+            if weight.device != device:
                 raise RuntimeError(f"Input and parameter tensors are not at the same device, found "
                                    f"input tensor at {device} and parameter tensor at {weight.device}")
         if x.shape[0] == 0:
