@@ -23,11 +23,13 @@ def packed_layout(packed: PackedSequence) -> Tuple[Tensor, Tensor]:
     lengths  (B,) int64 on the CPU, each sequence's length, in original order.
     """
     batch_sizes = packed.batch_sizes  # (T,) int64, always on the CPU
+    _check_batch_sizes(batch_sizes, packed.data.shape[0])
     steps, batch = batch_sizes.numel(), int(batch_sizes[0])
     # Packed data is time-major; at step t it holds the batch_sizes[t] longest sequences, in
     # sorted order. valid[t, s]: sorted slot s is present at step t.
     valid = torch.arange(batch).unsqueeze(0) < batch_sizes.unsqueeze(1)
-    if packed.sorted_indices is None:
+    if packed.sorted_indices is None or packed.sorted_indices.is_meta:
+        # (A meta PackedSequence has no permutation to read; only its shapes matter there.)
         original = torch.arange(batch)
     else:
         original = packed.sorted_indices.cpu()  # sorted slot -> original batch position
@@ -36,6 +38,18 @@ def packed_layout(packed: PackedSequence) -> Tuple[Tensor, Tensor]:
     lengths = torch.empty(batch, dtype=torch.int64)
     lengths[original] = valid.sum(0)
     return index.to(packed.data.device, non_blocking=True), lengths
+
+
+def _check_batch_sizes(batch_sizes: Tensor, rows: int) -> None:
+    """A PackedSequence built by hand can hold any batch_sizes; pack_padded_sequence's are
+    non-increasing and add up to the data's rows. Anything else would index out of range."""
+    if batch_sizes.dim() != 1 or batch_sizes.numel() == 0:
+        raise ValueError(f"PackedSequence.batch_sizes must be 1-D and non-empty, got shape "
+                         f"{tuple(batch_sizes.shape)}")
+    if bool((batch_sizes[1:] > batch_sizes[:-1]).any()) or int(batch_sizes[-1]) < 0 \
+            or int(batch_sizes.sum()) != rows:
+        raise ValueError(f"PackedSequence.batch_sizes must be non-negative, non-increasing and "
+                         f"add up to the data's {rows} rows, got {batch_sizes.tolist()}")
 
 
 def unpack(packed: PackedSequence, index: Tensor) -> Tensor:

@@ -51,6 +51,10 @@ class _FusedCellBase(nn.RNNCellBase):
         batch, input_size = x.shape
         if input_size != self.input_size:
             raise RuntimeError(f"input has inconsistent input_size: got {input_size} expected {self.input_size}")
+        weight = self.weight_ih
+        dtype, device = x.dtype, x.device
+        if (dtype != weight.dtype and _autocast.autocast_dtype(x) is None) or device != weight.device:
+            self._input_error(x, weight)  # (inside an autocast region the op casts the weights)
         if hx is None:
             zeros = x.new_zeros(batch, self.hidden_size)
             return x.unsqueeze(0), [zeros] * self._num_states, is_batched
@@ -59,34 +63,52 @@ class _FusedCellBase(nn.RNNCellBase):
                 raise TypeError(f"{type(self).__name__}: hx must be a Tensor, got {type(hx).__name__}")
             states = [hx]
         else:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2 or not all(isinstance(s, Tensor) for s in hx):
+            if not isinstance(hx, (tuple, list)) or not all(isinstance(s, Tensor) for s in hx):
                 raise TypeError(f"{type(self).__name__}: hx must be a tuple (h, c) of two Tensors")
+            if len(hx) != 2:  # torch's lstm_cell raises a RuntimeError here
+                raise RuntimeError(f"{type(self).__name__} expects two hidden states (h, c), got {len(hx)}")
             states = list(hx)
         for k, s in enumerate(states):
             shape = s.shape
             if len(shape) != input_dims or (batch, self.hidden_size) != (shape if is_batched else (1, *shape)) \
-                    or (s.dtype != x.dtype and _autocast.autocast_dtype(x) is None):  # autocast casts
-                self._state_error(k, s, input_dims, batch, x.dtype)
+                    or (s.dtype != dtype and _autocast.autocast_dtype(x) is None) \
+                    or s.device != device:  # autocast casts the states, not a device
+                self._state_error(k, s, input_dims, batch, x)
             if not is_batched:
                 states[k] = s.unsqueeze(0)
         return x.unsqueeze(0), states, is_batched
 
-    def _state_error(self, k: int, s: Tensor, input_dims: int, batch: int, dtype: torch.dtype) -> None:
-        """Raises what is wrong with state k (as torch's cells word it)."""
+    def _input_error(self, x: Tensor, weight: Tensor) -> None:
+        """Raises what is wrong with the input's dtype or device (RuntimeError, as torch's cells)."""
+        if x.dtype != weight.dtype:
+            raise RuntimeError(f"{type(self).__name__} input dtype ({x.dtype}) does not match weight "
+                               f"dtype ({weight.dtype}). Convert input: input.to({weight.dtype}), or "
+                               f"convert model: model.to({x.dtype})")
+        raise RuntimeError(f"Input and parameter tensors are not at the same device, found input "
+                           f"tensor at {x.device} and parameter tensor at {weight.device}")
+
+    def _state_error(self, k: int, s: Tensor, input_dims: int, batch: int, x: Tensor) -> None:
+        """Raises what is wrong with state k, in torch's cells' words where they have them (torch
+        names the states hidden0 and hidden1 in its shape messages, hidden or hx[k] in its
+        dimension messages)."""
         name = type(self).__name__
         what = "hidden" if self._num_states == 1 else f"hx[{k}]"
         if s.dim() not in (1, 2):
             raise ValueError(f"{name}: Expected {what} to be 1D or 2D, got {s.dim()}D instead")
         if s.dim() != input_dims:
+            # torch reports a confusing size mismatch here; the dimensions are what is wrong.
             raise RuntimeError(f"{name}: Expected {what} to be {input_dims}D like the input, "
                                f"got {s.dim()}D instead")
         s = s if input_dims == 2 else s.unsqueeze(0)
         if s.size(0) != batch:
-            raise RuntimeError(f"Input batch size {batch} doesn't match {what} batch size {s.size(0)}")
+            raise RuntimeError(f"Input batch size {batch} doesn't match hidden{k} batch size {s.size(0)}")
         if s.size(1) != self.hidden_size:
-            raise RuntimeError(f"{what} has inconsistent hidden_size: got {s.size(1)}, "
+            raise RuntimeError(f"hidden{k} has inconsistent hidden_size: got {s.size(1)}, "
                                f"expected {self.hidden_size}")
-        raise RuntimeError(f"{what} has dtype {s.dtype} but the input has dtype {dtype}")
+        if s.dtype != x.dtype:
+            raise RuntimeError(f"hidden{k} has dtype {s.dtype} but the input has dtype {x.dtype}")
+        raise RuntimeError(f"Input and hidden tensors are not at the same device, found input "
+                           f"tensor at {x.device} and hidden tensor at {s.device}")
 
     def _weights(self) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
         return self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh

@@ -11,8 +11,15 @@ Shapes (G = gates per cell: Elman 1, GRU 3, LSTM 4; P = proj_size or H):
     w_ih     (G*H, I)        w_hh (G*H, P)        b_ih, b_hh (G*H,)
     w_ch     (3*H,)          peepholes of gates i, f, o
     w_hr     (P, H)          LSTM projection
-    lengths  (B,) integer, values in [0, T]; None means every sequence has length T.
+    lengths  (B,) integer, values in [0, T], on the CPU or x's device; None means every
+             sequence has length T. x's rows at t >= lengths[b] are never read: they are zeroed
+             before the input projection, so NaN or Inf there reaches no output or gradient.
     returns  y (T, B, P) with zeros at t >= lengths[b]; h_n (B, P); c_n (B, H)
+
+Every tensor argument is checked before the op call, by its public name (fused_rnn/_checks.py):
+shapes against x and w_hh, x's dtype and x's device for all (meta included); a wrong one raises
+ArgumentError (a ValueError and a RuntimeError), a missing one TypeError. The fused backend needs
+T >= 1; the reference backend returns the initial state for T == 0.
 
 ``state_mask`` (B, P), optional: recurrent-state dropout (variational). The recurrent GEMMs see
 h ⊙ state_mask (entries 0 or 1/(1-p), one mask for the whole sequence); the state itself is not
@@ -40,7 +47,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import _autocast, _ops, reference
+from . import _autocast, _checks, _ops, reference
+from ._checks import ArgumentError
 
 try:  # functorch's interpreter stack: which torch.func transforms are active
     from torch._C._functorch import TransformType
@@ -49,7 +57,7 @@ try:  # functorch's interpreter stack: which torch.func transforms are active
 except ImportError:  # a torch without it: no transforms to see
     _peek_interpreter_stack = None
 
-__all__ = ["rnn", "lstm", "peephole_lstm", "gru"]
+__all__ = ["rnn", "lstm", "peephole_lstm", "gru", "ArgumentError"]
 
 _BACKENDS = ("fused", "reference")
 ALGORITHMS = ("auto", "stepwise", "persistent")
@@ -83,20 +91,6 @@ def check_algo(algo: str) -> None:
         raise ValueError(f"algo must be one of {ALGORITHMS}, got {algo!r}")
 
 
-def _check_sequence(x: Tensor, h0: Tensor, w_ih: Tensor) -> None:
-    # Each shape read once: a cell called once per token pays these checks every step.
-    x_shape, h0_shape, w_shape = x.shape, h0.shape, w_ih.shape
-    if len(x_shape) != 3:
-        raise ValueError(f"x must be 3-D (T, B, I), got shape {tuple(x_shape)}")
-    if len(w_shape) != 2 or x_shape[2] != w_shape[1]:
-        raise ValueError(f"x has input size {x_shape[2]} but w_ih expects "
-                         f"{w_shape[1] if len(w_shape) == 2 else '?'} (w_ih shape {tuple(w_shape)})")
-    if len(h0_shape) != 2 or h0_shape[0] != x_shape[1]:
-        raise ValueError(f"h0 must be (B={x_shape[1]}, hidden), got shape {tuple(h0_shape)}")
-    if w_ih.dtype != x.dtype and _autocast.autocast_dtype(x) is None:  # autocast casts them
-        raise ValueError(f"w_ih has dtype {w_ih.dtype} but x has dtype {x.dtype}")
-
-
 def _reference(fn, x: Tensor, *args, **kwargs):
     """The reference backend's ``fn``; inside an autocast region with the casts the fused ops'
     autocast kernels make, so that both backends compute the same thing there."""
@@ -107,12 +101,13 @@ def _reference(fn, x: Tensor, *args, **kwargs):
 
 
 def prepare_lengths(lengths: Optional[Tensor], batch: int, steps: int,
-                    device: torch.device) -> Optional[Tensor]:
+                    device: torch.device, fn: str = "") -> Optional[Tensor]:
     """Validates ``lengths`` and returns it as int64 on ``device`` (one copy, before the loop)."""
     if lengths is None:
         return None
     if not isinstance(lengths, Tensor):
         lengths = torch.as_tensor(lengths)
+    _checks.lengths_device(fn, lengths, device)
     if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
         raise ValueError(f"lengths must be an integer tensor, got dtype {lengths.dtype}")
     if lengths.dim() != 1 or lengths.numel() != batch:
@@ -133,6 +128,37 @@ def prepare_lengths(lengths: Optional[Tensor], batch: int, steps: int,
     return lengths.to(device=device, dtype=torch.int64, non_blocking=True).contiguous()
 
 
+def _zero_padding(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
+    """x with its padding (rows t >= lengths[b]) set to 0. The recurrence never reads those rows,
+    but the input projection's weight gradient multiplies every row of x by its zero gradient, and
+    0 * NaN (or Inf) is NaN: a NaN in the padding would poison w_ih's gradient. masked_fill also
+    gives the padding a zero gradient, as pack_padded_sequence does."""
+    if lengths is None:
+        return x
+    padding = torch.arange(x.shape[0], device=x.device).unsqueeze(1) >= lengths  # (T, B)
+    return x.masked_fill(padding.unsqueeze(2), 0)
+
+
+def _prepare(fn: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
+             b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_ch: Optional[Tensor],
+             w_hr: Optional[Tensor], lengths, state_mask: Optional[Tensor]
+             ) -> Tuple[Tensor, Optional[Tensor]]:
+    """Checks every argument (by its public name) and returns (x with zeroed padding, lengths as
+    int64 on x's device); shared by both backends."""
+    _checks.sequence_args(fn, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, state_mask)
+    if lengths is None:
+        return x, None
+    lengths = prepare_lengths(lengths, x.shape[1], x.shape[0], x.device, fn)
+    return _zero_padding(x, lengths), lengths
+
+
+def _require_steps(fn: str, x: Tensor) -> None:
+    if x.shape[0] == 0:  # the compiled loops need a first step; the reference returns h0
+        raise _checks.ArgumentError(
+            f"fused_rnn.functional.{fn}: x has no time steps (shape {tuple(x.shape)}); the fused "
+            "backend needs T >= 1 (backend='reference' returns the initial state)")
+
+
 def rnn(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
         b_hh: Optional[Tensor] = None, *, nonlinearity: str = "tanh", lengths: Optional[Tensor] = None,
         reverse: bool = False, state_mask: Optional[Tensor] = None,
@@ -142,11 +168,12 @@ def rnn(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor
     check_algo(algo)
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    x, lengths = _prepare("rnn", x, h0, None, w_ih, w_hh, b_ih, b_hh, None, None, lengths,
+                          state_mask)
     if backend == "reference":
         return _reference(reference.rnn, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity=nonlinearity,
                           lengths=lengths, reverse=reverse, state_mask=state_mask)
-    _check_sequence(x, h0, w_ih)
-    lengths = prepare_lengths(lengths, x.size(1), x.size(0), x.device)
+    _require_steps("rnn", x)
     return _ops.elman(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, state_mask, reverse,
                       nonlinearity == "relu", algo)
 
@@ -171,11 +198,12 @@ def peephole_lstm(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
     ``w_ch=None`` is the plain LSTM. Returns (y, h_n, c_n)."""
     backend = _backend_to_run(backend)
     check_algo(algo)
+    fn = "peephole_lstm" if w_ch is not None else "lstm"
+    x, lengths = _prepare(fn, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, lengths, state_mask)
     if backend == "reference":
         return _reference(reference.peephole_lstm, x, h0, c0, w_ih, w_hh, w_ch, b_ih, b_hh,
                           w_hr=w_hr, lengths=lengths, reverse=reverse, state_mask=state_mask)
-    _check_sequence(x, h0, w_ih)
-    lengths = prepare_lengths(lengths, x.size(1), x.size(0), x.device)
+    _require_steps(fn, x)
     return _ops.lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, lengths, state_mask, reverse,
                      algo)
 
@@ -189,9 +217,10 @@ def gru(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor
     n = tanh(W_in x + b_in + W_hn (r⊙h) + b_hn). h' = (1-z)⊙n + z⊙h. Returns (y, h_n)."""
     backend = _backend_to_run(backend)
     check_algo(algo)
+    x, lengths = _prepare("gru", x, h0, None, w_ih, w_hh, b_ih, b_hh, None, None, lengths,
+                          state_mask)
     if backend == "reference":
         return _reference(reference.gru, x, h0, w_ih, w_hh, b_ih, b_hh, reset_after=reset_after,
                           lengths=lengths, reverse=reverse, state_mask=state_mask)
-    _check_sequence(x, h0, w_ih)
-    lengths = prepare_lengths(lengths, x.size(1), x.size(0), x.device)
+    _require_steps("gru", x)
     return _ops.gru(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, state_mask, reverse, reset_after, algo)

@@ -48,7 +48,8 @@ _COMMON_DOC = """
     ``forward(input, hx=None, lengths=None)`` takes what torch's forward takes, plus ``lengths``:
     a 1-D integer tensor (CPU or the input's device), one entry in [0, T] per sequence (for
     unbatched input, one entry or a scalar), that masks padded input: the result is exactly
-    pack_padded_sequence -> torch module -> pad_packed_sequence(total_length=T). Outputs past a
+    pack_padded_sequence -> torch module -> pad_packed_sequence(total_length=T); the padding is
+    never read (NaN or Inf there reaches no result or gradient). Outputs past a
     sequence's length are 0, its final state is the state after its last valid step, and the
     reverse direction starts at that step. ``lengths`` must be None for a PackedSequence input.
 """
@@ -69,6 +70,12 @@ def _dropout_mask(shape: Tuple[int, ...], p: float, like: Tensor) -> Tensor:
 def _variational_dropout(x: Tensor, p: float) -> Tensor:
     """x (T, B, F) times one inverted-dropout mask (1, B, F) shared by all time steps."""
     return x * _dropout_mask((1,) + tuple(x.shape[1:]), p, x)
+
+
+def _refuse_proj_size(proj_size: Optional[int]) -> None:
+    """torch.nn.RNN and GRU take proj_size as a keyword only to refuse it (any value, 0 too)."""
+    if proj_size is not None:
+        raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
 
 
 class _FusedRNNBase(nn.RNNBase):
@@ -203,19 +210,39 @@ class _FusedRNNBase(nn.RNNBase):
                 raise TypeError("hx must be a tuple (h_0, c_0) of two Tensors")
             states = list(hx)
         dims = 3 if is_batched else 2
-        if any(s.dim() != dims for s in states):
-            got = ", ".join(f"{s.dim()}-D" for s in states)
+        if any(s.dim() != dims for s in states):  # torch's wording, per module kind
             kind = "batched 3-D" if is_batched else "unbatched 2-D"
-            raise RuntimeError(f"For {kind} input, hx should also be {dims}-D but got ({got}) tensor(s)")
+            if self._num_states == 1:
+                raise RuntimeError(f"For {kind} input, hx should also be {dims}-D but got "
+                                   f"{states[0].dim()}-D tensor")
+            raise RuntimeError(f"For {kind} input, hx and cx should also be {dims}-D but got "
+                               f"({states[0].dim()}-D, {states[1].dim()}-D) tensors")
         if not is_batched:
             states = [s.unsqueeze(1) for s in states]
         for k, (s, shape) in enumerate(zip(states, expected)):
-            name = "hx" if self._num_states == 1 else f"hx[{k}]"
-            if tuple(s.shape) != shape:
+            name = "hidden" if self._num_states == 1 else f"hidden[{k}]"
+            if s.shape != shape:
                 raise RuntimeError(f"Expected {name} size {shape}, got {list(s.shape)}")
             if s.dtype != x.dtype and _autocast.autocast_dtype(x) is None:  # autocast casts
                 raise RuntimeError(f"{name} has dtype {s.dtype} but the input has dtype {x.dtype}")
         return states
+
+    def _check_devices_and_steps(self, x: Tensor, states: List[Tensor]) -> None:
+        """What torch checks after its Python checks, in its order and words: the states', then
+        the parameters' device against the input's, then at least one time step. A placed module
+        (place_layers) takes input and hx on any device and moves them itself."""
+        device = x.device
+        if self._layer_devices is None:
+            for s in states:
+                if s.device != device:
+                    raise RuntimeError(f"Input and hidden tensors are not at the same device, found "
+                                       f"input tensor at {device} and hidden tensor at {s.device}")
+            weight = self.weight_ih_l0  # by name: torch.func.functional_call may have swapped it
+            if weight.device != device:
+                raise RuntimeError(f"Input and parameter tensors are not at the same device, found "
+                                   f"input tensor at {device} and parameter tensor at {weight.device}")
+        if x.shape[0] == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
 
     def _time_major(self, input, lengths):
         """Checks the input; returns (x (T, B, I), lengths or None, is_batched, packed index or None)."""
@@ -231,7 +258,8 @@ class _FusedRNNBase(nn.RNNBase):
         if not isinstance(input, Tensor):
             raise TypeError(f"{name}: input must be a Tensor or a PackedSequence, got {type(input).__name__}")
         if input.dim() not in (2, 3):
-            raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
+            noun = " tensor" if self.mode.startswith("RNN") else ""  # torch's LSTM/GRU omit it
+            raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D{noun} instead")
         is_batched = input.dim() == 3
         if not is_batched:
             x = input.unsqueeze(1)
@@ -276,7 +304,9 @@ class _FusedRNNBase(nn.RNNBase):
 
     def forward(self, input, hx=None, lengths: Optional[Tensor] = None):
         x, lengths, is_batched, packed_index = self._time_major(input, lengths)
-        output, states = self._layers(x, self._initial_state(hx, x, is_batched), lengths)
+        initial = self._initial_state(hx, x, is_batched)
+        self._check_devices_and_steps(x, initial)
+        output, states = self._layers(x, initial, lengths)
         if packed_index is not None:
             output = _packing.pack_like(output, input, packed_index)
         elif not is_batched:
@@ -296,7 +326,9 @@ class RNN(_FusedRNNBase, nn.RNN):
                  nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
                  dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None, *,
                  input_dropout: float = 0.0, output_dropout: float = 0.0,
-                 state_dropout: float = 0.0, backend: str = "fused", algo: str = "auto") -> None:
+                 state_dropout: float = 0.0, backend: str = "fused", algo: str = "auto",
+                 proj_size: Optional[int] = None) -> None:
+        _refuse_proj_size(proj_size)
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
         mode = "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
@@ -324,7 +356,8 @@ class GRU(_FusedRNNBase, nn.GRU):
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  reset_after: bool = True, device=None, dtype=None, *, input_dropout: float = 0.0,
                  output_dropout: float = 0.0, state_dropout: float = 0.0,
-                 backend: str = "fused", algo: str = "auto") -> None:
+                 backend: str = "fused", algo: str = "auto", proj_size: Optional[int] = None) -> None:
+        _refuse_proj_size(proj_size)
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device, dtype, input_dropout, output_dropout,
                          state_dropout, backend, algo)
