@@ -30,12 +30,12 @@ CELLS = {  # name: (module, its arguments, the ONNX operator it becomes)
     "lstm_proj": (fused_rnn.LSTM, dict(proj_size=3), "Scan"),
 }
 # "full": every option at once, hx and lengths given too; "plain": the defaults (no hx, no
-# lengths, one direction, time-major); "bidirectional": full but one layer (the LSTM projection's
+# lengths, one direction, time-major) but no biases; "bidirectional": full but one layer (the LSTM projection's
 # Scan is slow to export). One export costs seconds, so each cell gets one "full" export and each
 # ONNX operator one "plain" one.
 OPTIONS = {
     "full": dict(num_layers=2, bidirectional=True, batch_first=True),
-    "plain": {},
+    "plain": dict(bias=False),
     "bidirectional": dict(bidirectional=True, batch_first=True),
 }
 CASES = [(cell, "full") for cell in CELLS if cell != "lstm_proj"] + [
@@ -114,6 +114,51 @@ def test_export_runs_in_onnxruntime(cell, options):
         for name, g, e in zip(["y", "h_n", "c_n"], got, expected):
             torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5,
                                        msg=lambda m: f"{name} (T={steps}, B={lengths.numel()}): {m}")
+
+
+# The TorchScript exporter warns about itself (deprecated) and about the Python-side checks it
+# traces (shapes, lengths' range) as constants; neither matters for these models.
+legacy_warnings = pytest.mark.filterwarnings(
+    "ignore::torch.jit.TracerWarning", "ignore:You are using the legacy:DeprecationWarning",
+    "ignore:The feature will be removed:DeprecationWarning")
+LEGACY_CASES = [("peephole_lstm", "full"), ("gru_reset_before", "full"), ("gru", "plain"),
+                ("rnn_tanh", "bidirectional")]
+
+
+@legacy_warnings
+@pytest.mark.parametrize("cell, options", LEGACY_CASES, ids=[f"{c}-{o}" for c, o in LEGACY_CASES])
+def test_torchscript_exporter(cell, options):
+    """The legacy exporter (dynamo=False) maps the traced fused ops onto the same operators."""
+    full = options != "plain"
+    model = _make(cell, options)
+    args, kwargs = _inputs(model, EXAMPLE_T, torch.tensor([EXAMPLE_T, 2, 4]), full)
+    lstm = isinstance(model, fused_rnn.LSTM)
+    names = ["input"] + (["h0", "c0"] if lstm else ["h0"]) * full + ["lengths"] * full
+    time_axis, batch_axis = (1, 0) if model.batch_first else (0, 1)
+    axes = {"input": {time_axis: "T", batch_axis: "B"}, "h0": {1: "B"}, "c0": {1: "B"},
+            "lengths": {0: "B"}}
+    buffer = io.BytesIO()
+    torch.onnx.export(model, args, buffer, kwargs=kwargs, dynamo=False, input_names=names,
+                      dynamic_axes={name: axes[name] for name in names})
+    model_bytes = buffer.getvalue()
+    graph = onnx.load_from_string(model_bytes).graph
+    assert CELLS[cell][2] in {node.op_type for node in graph.node}
+    assert len(graph.initializer) >= 2  # the reordered weights, folded into constants
+
+    for steps, lengths in RUNS:
+        args, kwargs = _inputs(model, steps, lengths, full)
+        with torch.no_grad():
+            expected, _ = torch.utils._pytree.tree_flatten(model(*args, **kwargs))
+        for got, e in zip(_run_onnx(model_bytes, args, kwargs), expected):
+            torch.testing.assert_close(got, e, rtol=1e-5, atol=1e-5)
+
+
+@legacy_warnings
+def test_torchscript_exporter_refuses_the_projection_by_name():
+    model = fused_rnn.LSTM(INPUT, HIDDEN, proj_size=3).eval()
+    with pytest.raises(Exception, match="proj_size > 0.*dynamo=True"):
+        torch.onnx.export(model, (torch.randn(EXAMPLE_T, EXAMPLE_B, INPUT),), io.BytesIO(),
+                          dynamo=False)
 
 
 def test_cell_exports_as_one_step():

@@ -4,23 +4,32 @@
 exporter traces, each ``fused_rnn.functional`` call (one layer, one direction) returns what
 ``operators`` emits, one standard ONNX operator, in place of the fused op (which has no ONNX
 translation); the LSTM projection, which no ONNX operator has, becomes a ``Scan`` of the cell
-(``projection``). The file runs on any ONNX runtime with no custom op. Outside an export the
-fused path pays one check per call (``active()``). What maps to what, and the limits:
-docs/onnx.md.
+(``projection``). The legacy TorchScript exporter (``dynamo=False``) maps the traced fused ops
+onto the same operators (``torchscript``). The file runs on any ONNX runtime with no custom op.
+Outside an export the fused path pays one check per call (``active()``). What maps to what, and
+the limits: docs/onnx.md.
 """
 import torch
 
+from . import torchscript
 from .operators import gru, peephole_lstm, rnn
 
 __all__ = ["active", "rnn", "peephole_lstm", "gru"]
 
 
 def active() -> bool:
-    """True while torch.onnx.export traces a model (the dynamo exporter, torch.export based).
+    """True while the dynamo ONNX exporter (torch.export based, torch's default) traces a model:
+    fused_rnn.functional then returns ONNX operators instead of calling the fused op.
 
-    ``torch.compiler.is_exporting()`` (~25 ns) is False outside torch.export, so the fused path
-    never reaches ``torch.onnx.is_in_onnx_export()``, which imports on every call (~2 us)."""
-    return torch.compiler.is_exporting() and (torch.onnx.is_in_onnx_export() or _retrying())
+    The TorchScript exporter (dynamo=False) maps the traced fused op itself: the first time this
+    sees it trace, the symbolic functions are registered (torchscript.py), and it returns False.
+    Outside an export this costs two C calls (~100 ns): ``torch.onnx.is_in_onnx_export()``,
+    which imports on every call (~2 us), runs only while torch.export or the JIT tracer runs."""
+    if torch.compiler.is_exporting():
+        return torch.onnx.is_in_onnx_export() or _retrying()
+    if torch.jit.is_tracing() and torch.onnx.is_in_onnx_export():
+        torchscript.register()
+    return False
 
 
 def _retrying() -> bool:
@@ -32,5 +41,8 @@ def _retrying() -> bool:
     found for fused_rnn.linear" instead of the first attempt's error. Seeing the flag, the retry
     takes the ONNX path too, which dynamo cannot trace, so it fails as well and torch.onnx reports
     the first error. A torch without the flag only loses that message."""
-    from torch.onnx._internal.exporter import _flags  # private: there is no public equivalent
+    try:  # private: there is no public equivalent
+        from torch.onnx._internal.exporter import _flags
+    except ImportError:
+        return False
     return bool(getattr(_flags, "_is_onnx_exporting", False))

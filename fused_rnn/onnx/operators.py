@@ -23,10 +23,14 @@ from . import projection
 
 __all__ = ["rnn", "peephole_lstm", "gru"]
 
+STATE_MASK_ERROR = ("state_mask (recurrent-state dropout, the modules' state_dropout in train mode) "
+                    "cannot be exported to ONNX: it is a training-time option; call model.eval() "
+                    "before torch.onnx.export")
+
 # Gate blocks of torch's layout, listed in ONNX's order.
-_LSTM_GATES = (0, 3, 1, 2)  # torch i, f, g, o → ONNX i, o, f, c
-_GRU_GATES = (1, 0, 2)  # torch r, z, n → ONNX z, r, h
-_PEEPHOLES = (0, 2, 1)  # ours p_i, p_f, p_o → ONNX P: i, o, f
+LSTM_GATES = (0, 3, 1, 2)  # torch i, f, g, o → ONNX i, o, f, c
+GRU_GATES = (1, 0, 2)  # torch r, z, n → ONNX z, r, h
+PEEPHOLES = (0, 2, 1)  # ours p_i, p_f, p_o → ONNX P: i, o, f
 
 
 # ------------------------------------------------------------------------------------ operators
@@ -51,8 +55,8 @@ def peephole_lstm(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
     if w_hr is not None:  # ONNX's LSTM has no projection
         return projection.peephole_lstm(x, h0, c0, w_ih, w_hh, w_ch, b_ih, b_hh, w_hr=w_hr,
                                         lengths=lengths, reverse=reverse)
-    peepholes = None if w_ch is None else _blocks(w_ch, _PEEPHOLES)
-    y, h_n, c_n = _emit("LSTM", x, [h0, c0], w_ih, w_hh, b_ih, b_hh, _LSTM_GATES, lengths,
+    peepholes = None if w_ch is None else _blocks(w_ch, PEEPHOLES)
+    y, h_n, c_n = _emit("LSTM", x, [h0, c0], w_ih, w_hh, b_ih, b_hh, LSTM_GATES, lengths,
                         reverse, {}, extra=[peepholes])
     return y, h_n, c_n
 
@@ -63,7 +67,7 @@ def gru(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor
     """ONNX GRU for functional.gru's arguments; returns (y, h_n). ONNX's linear_before_reset=1
     is torch's r ⊙ (W_hn h + b_hn), 0 the original W_hn (r ⊙ h) + b_hn (reset_after=False)."""
     _check_no_state_mask(state_mask)
-    y, h_n = _emit("GRU", x, [h0], w_ih, w_hh, b_ih, b_hh, _GRU_GATES, lengths, reverse,
+    y, h_n = _emit("GRU", x, [h0], w_ih, w_hh, b_ih, b_hh, GRU_GATES, lengths, reverse,
                    {"linear_before_reset": int(reset_after)})
     return y, h_n
 
@@ -71,9 +75,7 @@ def gru(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor
 # ------------------------------------------------------------------------------------- helpers
 def _check_no_state_mask(state_mask: Optional[Tensor]) -> None:
     if state_mask is not None:
-        raise ValueError("state_mask (recurrent-state dropout, the modules' state_dropout in "
-                         "train mode) cannot be exported to ONNX: it is a training-time option; "
-                         "call model.eval() before torch.onnx.export")
+        raise ValueError(STATE_MASK_ERROR)
 
 
 def _blocks(w: Tensor, order: Sequence[int]) -> Tensor:
