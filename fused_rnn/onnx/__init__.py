@@ -11,7 +11,6 @@ the limits: docs/onnx.md.
 """
 import torch
 
-from . import torchscript
 from .operators import gru, peephole_lstm, rnn
 
 __all__ = ["active", "rnn", "peephole_lstm", "gru"]
@@ -23,11 +22,13 @@ def active() -> bool:
 
     The TorchScript exporter (dynamo=False) maps the traced fused op itself: the first time this
     sees it trace, the symbolic functions are registered (torchscript.py), and it returns False.
-    Outside an export this costs two C calls (~100 ns): ``torch.onnx.is_in_onnx_export()``,
-    which imports on every call (~2 us), runs only while torch.export or the JIT tracer runs."""
+    Outside an export this costs ~0.2 us (is_exporting and is_tracing, both of which
+    torch.compile understands); ``torch.onnx.is_in_onnx_export()``, which imports on every call
+    (~2 us), runs only while torch.export or the JIT tracer runs."""
     if torch.compiler.is_exporting():
         return torch.onnx.is_in_onnx_export() or _retrying()
     if torch.jit.is_tracing() and torch.onnx.is_in_onnx_export():
+        from . import torchscript  # imports torch.onnx (~20 ms): not at fused_rnn's import
         torchscript.register()
     return False
 
