@@ -110,7 +110,8 @@ def prepare_lengths(lengths: Optional[Tensor], batch: int, steps: int,
     if lengths.dim() != 1 or lengths.numel() != batch:
         raise ValueError(f"lengths must be 1-D with one entry per sequence (B={batch}), "
                          f"got shape {tuple(lengths.shape)}")
-    if batch > 0 and lengths.device.type == "cpu" and not torch.compiler.is_exporting():
+    # (Under torch.export the values are symbolic: nothing to read.)
+    if not torch.compiler.is_exporting() and batch > 0 and lengths.device.type == "cpu":
         # Checked where it is free. Lengths already on the GPU are not read back (that would
         # synchronise); there, values outside [0, T] clamp (< 0: nothing valid, > T: all valid).
         low, high = torch.aminmax(lengths)
@@ -129,7 +130,6 @@ def rnn(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
     if _onnx.active():  # torch.onnx.export: ONNX's RNN operator instead of the fused op
-        _check_sequence(x, h0, w_ih)
         return _onnx.rnn(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity=nonlinearity,
                          lengths=lengths, reverse=reverse, state_mask=state_mask)
     if backend == "reference":
@@ -162,7 +162,6 @@ def peephole_lstm(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
     backend = _backend_to_run(backend)
     check_algo(algo)
     if _onnx.active():  # torch.onnx.export: ONNX's LSTM operator instead of the fused op
-        _check_sequence(x, h0, w_ih)
         return _onnx.peephole_lstm(x, h0, c0, w_ih, w_hh, w_ch, b_ih, b_hh, w_hr=w_hr,
                                    lengths=lengths, reverse=reverse, state_mask=state_mask)
     if backend == "reference":
@@ -184,7 +183,6 @@ def gru(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor
     backend = _backend_to_run(backend)
     check_algo(algo)
     if _onnx.active():  # torch.onnx.export: ONNX's GRU operator instead of the fused op
-        _check_sequence(x, h0, w_ih)
         return _onnx.gru(x, h0, w_ih, w_hh, b_ih, b_hh, reset_after=reset_after, lengths=lengths,
                          reverse=reverse, state_mask=state_mask)
     if backend == "reference":

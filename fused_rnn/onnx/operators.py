@@ -38,7 +38,7 @@ def rnn(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor
         b_hh: Optional[Tensor], *, nonlinearity: str, lengths: Optional[Tensor], reverse: bool,
         state_mask: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     """ONNX RNN for fused_rnn.functional.rnn's arguments; returns (y, h_n)."""
-    _check_no_state_mask(state_mask)
+    lengths = _checked(x, h0, w_ih, lengths, state_mask)
     activation = {"tanh": "Tanh", "relu": "Relu"}[nonlinearity]
     y, h_n = _emit("RNN", x, [h0], w_ih, w_hh, b_ih, b_hh, (0,), lengths, reverse,
                    {"activations": [activation]})
@@ -51,7 +51,7 @@ def peephole_lstm(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
                   state_mask: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
     """ONNX LSTM (with P for the peepholes) for functional.peephole_lstm's arguments; returns
     (y, h_n, c_n)."""
-    _check_no_state_mask(state_mask)
+    lengths = _checked(x, h0, w_ih, lengths, state_mask)
     if w_hr is not None:  # ONNX's LSTM has no projection
         return projection.peephole_lstm(x, h0, c0, w_ih, w_hh, w_ch, b_ih, b_hh, w_hr=w_hr,
                                         lengths=lengths, reverse=reverse)
@@ -66,16 +66,22 @@ def gru(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor
         state_mask: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     """ONNX GRU for functional.gru's arguments; returns (y, h_n). ONNX's linear_before_reset=1
     is torch's r ⊙ (W_hn h + b_hn), 0 the original W_hn (r ⊙ h) + b_hn (reset_after=False)."""
-    _check_no_state_mask(state_mask)
+    lengths = _checked(x, h0, w_ih, lengths, state_mask)
     y, h_n = _emit("GRU", x, [h0], w_ih, w_hh, b_ih, b_hh, GRU_GATES, lengths, reverse,
                    {"linear_before_reset": int(reset_after)})
     return y, h_n
 
 
 # ------------------------------------------------------------------------------------- helpers
-def _check_no_state_mask(state_mask: Optional[Tensor]) -> None:
+def _checked(x: Tensor, h0: Tensor, w_ih: Tensor, lengths, state_mask: Optional[Tensor]
+             ) -> Optional[Tensor]:
+    """functional's argument checks, as on the fused path; returns lengths as an int64 tensor.
+    (Imported here: functional imports this package.)"""
+    from ..functional import _check_sequence, prepare_lengths
     if state_mask is not None:
         raise ValueError(STATE_MASK_ERROR)
+    _check_sequence(x, h0, w_ih)
+    return prepare_lengths(lengths, x.shape[1], x.shape[0], x.device)
 
 
 def _blocks(w: Tensor, order: Sequence[int]) -> Tensor:
@@ -103,7 +109,7 @@ def _emit(op: str, x: Tensor, states: Sequence[Tensor], w_ih: Tensor, w_hh: Tens
     (B, H) each. ONNX's inputs: X, W, R, B, sequence_lens, initial_h[, initial_c, P]."""
     steps, batch = x.shape[0], x.shape[1]
     hidden = w_hh.shape[1]
-    sequence_lens = None if lengths is None else torch.as_tensor(lengths).to(torch.int32)
+    sequence_lens = None if lengths is None else lengths.to(torch.int32)
     inputs = [x, _blocks(w_ih, order), _blocks(w_hh, order), _bias(b_ih, b_hh, order),
               sequence_lens, *(s.unsqueeze(0) for s in states), *extra]
     attrs = dict(attrs, hidden_size=hidden, direction="reverse" if reverse else "forward")

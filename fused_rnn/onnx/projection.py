@@ -44,7 +44,7 @@ def peephole_lstm(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
 
     # valid[t, b] = t < lengths[b], (T, B, 1): scanned alongside x.
     steps = torch.arange(x.shape[0], device=x.device)
-    valid = (steps.unsqueeze(1) < torch.as_tensor(lengths).unsqueeze(0)).unsqueeze(2)
+    valid = (steps.unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(2)
 
     def masked_step(state, inputs):
         x_t, valid_t = inputs
