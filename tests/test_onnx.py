@@ -8,13 +8,17 @@ import torch
 
 onnx = pytest.importorskip("onnx", reason="ONNX export tests need `pip install onnx`")
 ort = pytest.importorskip("onnxruntime", reason="ONNX export tests need `pip install onnxruntime`")
-pytest.importorskip("onnxscript", reason="torch.onnx.export(dynamo=True) needs `pip install onnxscript`")
+pytest.importorskip("onnxscript",
+                    reason="torch.onnx.export(dynamo=True) needs `pip install onnxscript`")
 
 import fused_rnn  # noqa: E402
 from fused_rnn import _ops  # noqa: E402
 
 if _ops.LOAD_ERROR is not None:
     pytest.skip(f"fused kernels not built ({_ops.LOAD_ERROR})", allow_module_level=True)
+
+# torch.onnx notes that one Dim names several axes (x's batch, hx's, lengths'): as intended.
+pytestmark = pytest.mark.filterwarnings("ignore:# The axis name")
 
 INPUT, HIDDEN = 5, 8
 EXAMPLE_T, EXAMPLE_B = 5, 3  # the export example; the runs use other sizes (dynamic T and B)
@@ -30,9 +34,9 @@ CELLS = {  # name: (module, its arguments, the ONNX operator it becomes)
     "lstm_proj": (fused_rnn.LSTM, dict(proj_size=3), "Scan"),
 }
 # "full": every option at once, hx and lengths given too; "plain": the defaults (no hx, no
-# lengths, one direction, time-major) but no biases; "bidirectional": full but one layer (the LSTM projection's
-# Scan is slow to export). One export costs seconds, so each cell gets one "full" export and each
-# ONNX operator one "plain" one.
+# lengths, one direction, time-major) but no biases; "bidirectional": "full" with one layer (the
+# projected LSTM's Scan is slow to export). One export costs seconds, so each cell gets one
+# "full" export and each ONNX operator one "plain" one.
 OPTIONS = {
     "full": dict(num_layers=2, bidirectional=True, batch_first=True),
     "plain": dict(bias=False),
@@ -111,9 +115,10 @@ def test_export_runs_in_onnxruntime(cell, options):
             expected, _ = torch.utils._pytree.tree_flatten(model(*args, **kwargs))
         got = _run_onnx(model_bytes, args, kwargs)
         assert len(got) == len(expected)
+        where = f"T={steps}, B={lengths.numel()}"
         for name, g, e in zip(["y", "h_n", "c_n"], got, expected):
             torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5,
-                                       msg=lambda m: f"{name} (T={steps}, B={lengths.numel()}): {m}")
+                                       msg=lambda m: f"{name} ({where}): {m}")
 
 
 # The TorchScript exporter warns about itself (deprecated) and about the Python-side checks it
@@ -166,7 +171,8 @@ def test_cell_exports_as_one_step():
     cell = fused_rnn.PeepholeLSTMCell(INPUT, HIDDEN).eval()
     x, h, c = torch.randn(3, INPUT), torch.randn(3, HIDDEN), torch.randn(3, HIDDEN)
     batch = torch.export.Dim("B")
-    model_bytes = _export(cell, (x, (h, c)), {}, {"input": {0: batch}, "hx": ({0: batch}, {0: batch})})
+    model_bytes = _export(cell, (x, (h, c)), {},
+                          {"input": {0: batch}, "hx": ({0: batch}, {0: batch})})
     assert "LSTM" in {node.op_type for node in onnx.load_from_string(model_bytes).graph.node}
     args = (torch.randn(5, INPUT), (torch.randn(5, HIDDEN), torch.randn(5, HIDDEN)))
     with torch.no_grad():
@@ -175,6 +181,7 @@ def test_cell_exports_as_one_step():
         torch.testing.assert_close(got, e, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:Exporting a model while it is in training mode")
 def test_state_dropout_in_train_mode_is_refused_by_name():
     model = fused_rnn.GRU(INPUT, HIDDEN, state_dropout=0.5).train()
     with pytest.raises(Exception, match="state_mask .*recurrent-state dropout.*model.eval()"):

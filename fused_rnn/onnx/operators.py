@@ -4,7 +4,7 @@ put a given ONNX operator into the exported graph).
 
 What maps to what (torch.nn layout → ONNX; the exporter folds the reordering into constants):
     rnn (tanh | relu)        → RNN   activations=[Tanh | Relu]
-    lstm, peephole_lstm      → LSTM  gates i,f,g,o → i,o,f,c; peepholes (p_i,p_f,p_o) → P (i,o,f)
+    lstm, peephole_lstm      → LSTM  gates i,f,g,o → i,o,f,c; peepholes p_i,p_f,p_o → P: i,o,f
     gru reset_after=True     → GRU   linear_before_reset=1; gates r,z,n → z,r,h
     gru reset_after=False    → GRU   linear_before_reset=0
     lengths                  → sequence_lens (int32)
@@ -23,9 +23,9 @@ from . import projection
 
 __all__ = ["rnn", "peephole_lstm", "gru"]
 
-STATE_MASK_ERROR = ("state_mask (recurrent-state dropout, the modules' state_dropout in train mode) "
-                    "cannot be exported to ONNX: it is a training-time option; call model.eval() "
-                    "before torch.onnx.export")
+STATE_MASK_ERROR = ("state_mask (recurrent-state dropout, the modules' state_dropout in train "
+                    "mode) cannot be exported to ONNX: it is a training-time option; call "
+                    "model.eval() before torch.onnx.export")
 
 # Gate blocks of torch's layout, listed in ONNX's order.
 LSTM_GATES = (0, 3, 1, 2)  # torch i, f, g, o → ONNX i, o, f, c
