@@ -49,6 +49,7 @@ from torch import Tensor
 
 from . import _autocast, _checks, _ops, reference
 from ._checks import ArgumentError
+from . import onnx as _onnx  # torch.onnx.export's path (fused_rnn/onnx)
 
 try:  # functorch's interpreter stack: which torch.func transforms are active
     from torch._C._functorch import TransformType
@@ -113,7 +114,9 @@ def prepare_lengths(lengths: Optional[Tensor], batch: int, steps: int,
     if lengths.dim() != 1 or lengths.numel() != batch:
         raise ValueError(f"lengths must be 1-D with one entry per sequence (B={batch}), "
                          f"got shape {tuple(lengths.shape)}")
-    if torch.compiler.is_compiling() and lengths.device.type == "cpu":
+    if torch.compiler.is_exporting():
+        pass  # the values are symbolic under torch.export: nothing to read, no assert to export
+    elif torch.compiler.is_compiling() and lengths.device.type == "cpu":
         # A traced graph cannot branch on the values (nor read them without a graph break): the
         # check runs inside the graph instead, and raises when the graph runs. (On a GPU it would
         # be a device-side assert, which ends the process: there values clamp, as in eager.)
@@ -170,6 +173,9 @@ def rnn(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
     x, lengths = _prepare("rnn", x, h0, None, w_ih, w_hh, b_ih, b_hh, None, None, lengths,
                           state_mask)
+    if _onnx.active():  # torch.onnx.export: ONNX's RNN operator instead of the fused op
+        return _onnx.rnn(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity=nonlinearity,
+                         lengths=lengths, reverse=reverse, state_mask=state_mask)
     if backend == "reference":
         return _reference(reference.rnn, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity=nonlinearity,
                           lengths=lengths, reverse=reverse, state_mask=state_mask)
@@ -200,6 +206,9 @@ def peephole_lstm(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
     check_algo(algo)
     fn = "peephole_lstm" if w_ch is not None else "lstm"
     x, lengths = _prepare(fn, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, lengths, state_mask)
+    if _onnx.active():  # torch.onnx.export: ONNX's LSTM operator instead of the fused op
+        return _onnx.peephole_lstm(x, h0, c0, w_ih, w_hh, w_ch, b_ih, b_hh, w_hr=w_hr,
+                                   lengths=lengths, reverse=reverse, state_mask=state_mask)
     if backend == "reference":
         return _reference(reference.peephole_lstm, x, h0, c0, w_ih, w_hh, w_ch, b_ih, b_hh,
                           w_hr=w_hr, lengths=lengths, reverse=reverse, state_mask=state_mask)
@@ -219,6 +228,9 @@ def gru(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor
     check_algo(algo)
     x, lengths = _prepare("gru", x, h0, None, w_ih, w_hh, b_ih, b_hh, None, None, lengths,
                           state_mask)
+    if _onnx.active():  # torch.onnx.export: ONNX's GRU operator instead of the fused op
+        return _onnx.gru(x, h0, w_ih, w_hh, b_ih, b_hh, reset_after=reset_after, lengths=lengths,
+                         reverse=reverse, state_mask=state_mask)
     if backend == "reference":
         return _reference(reference.gru, x, h0, w_ih, w_hh, b_ih, b_hh, reset_after=reset_after,
                           lengths=lengths, reverse=reverse, state_mask=state_mask)
