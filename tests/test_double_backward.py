@@ -1,6 +1,7 @@
 """Second derivatives through the fused ops: a backward run with create_graph=True is itself
 differentiable (fused_rnn/_double_backward.py), for every cell, with lengths, in reverse, with
 recurrent-state dropout, for both algorithms, through functional, the modules and the cells."""
+import contextlib
 import os
 import subprocess
 import sys
@@ -22,8 +23,8 @@ CELLS = {
 }
 
 
-def _case(cell, hidden, *, lengths=None, reverse=False, state_mask=False, algo="stepwise",
-          backend="fused", dtype=torch.float64, seed=0):
+def _case(cell, hidden, *, lengths=None, reverse=False, state_mask=False, bias=True,
+          algo="stepwise", backend="fused", dtype=torch.float64, seed=0):
     """(function of the differentiable inputs -> outputs, the inputs) for one layer-direction."""
     generator = torch.Generator().manual_seed(seed)
     gates, has_c = CELLS[cell]
@@ -35,8 +36,9 @@ def _case(cell, hidden, *, lengths=None, reverse=False, state_mask=False, algo="
     inputs = {"x": rand(T, B, I, scale=1.0), "h0": rand(B, state)}
     if has_c:
         inputs["c0"] = rand(B, hidden)
-    inputs.update(w_ih=rand(gates * hidden, I), w_hh=rand(gates * hidden, state),
-                  b_ih=rand(gates * hidden), b_hh=rand(gates * hidden))
+    inputs.update(w_ih=rand(gates * hidden, I), w_hh=rand(gates * hidden, state))
+    if bias:
+        inputs.update(b_ih=rand(gates * hidden), b_hh=rand(gates * hidden))
     if cell == "lstm_proj":
         inputs["w_hr"] = rand(state, hidden)
     if cell == "peephole_lstm":
@@ -50,13 +52,13 @@ def _case(cell, hidden, *, lengths=None, reverse=False, state_mask=False, algo="
     def run(*args):
         a = dict(zip(names, args))
         if cell.startswith("rnn"):
-            return F.rnn(a["x"], a["h0"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"],
+            return F.rnn(a["x"], a["h0"], a["w_ih"], a["w_hh"], a.get("b_ih"), a.get("b_hh"),
                          nonlinearity=cell[4:], **common)
         if cell.startswith("gru"):
-            return F.gru(a["x"], a["h0"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"],
+            return F.gru(a["x"], a["h0"], a["w_ih"], a["w_hh"], a.get("b_ih"), a.get("b_hh"),
                          reset_after=cell == "gru", **common)
         return F.peephole_lstm(a["x"], a["h0"], a["c0"], a["w_ih"], a["w_hh"], a.get("w_ch"),
-                               a["b_ih"], a["b_hh"], w_hr=a.get("w_hr"), **common)
+                               a.get("b_ih"), a.get("b_hh"), w_hr=a.get("w_hr"), **common)
 
     return run, tuple(inputs.values())
 
@@ -66,6 +68,7 @@ VARIANTS = {
     "lengths_reverse": dict(lengths=LENGTHS, reverse=True),
     "lengths": dict(lengths=LENGTHS),
     "state_mask": dict(state_mask=True),
+    "no_bias": dict(bias=False),  # an absent optional input in the middle of the inputs
 }
 
 
@@ -76,9 +79,9 @@ def test_gradgradcheck_stepwise(cell, variant):
     assert gradgradcheck(run, inputs, fast_mode=True)
 
 
-@pytest.mark.parametrize("cell", ["lstm_proj", "gru_reset_before"])
+@pytest.mark.parametrize("cell", sorted(CELLS))
 def test_gradgradcheck_slow_mode(cell):
-    """Every entry of the Hessian-vector products, not a random projection of them."""
+    """Every entry of the second-order Jacobian, not a random projection of it."""
     run, inputs = _case(cell, 2, lengths=LENGTHS, reverse=True, state_mask=True)
     assert gradgradcheck(run, inputs)
 
@@ -172,6 +175,22 @@ def test_module_double_backward_matches_torch(name, lengths):
         torch.testing.assert_close(g, e, rtol=0, atol=1e-8)
 
 
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+def test_persistent_module_double_backward_matches_torch(name):
+    """algo="persistent" (float32, hidden 16) against torch.nn in float64."""
+    torch.manual_seed(0)
+    ours = getattr(fused_rnn, name)(I, 16, bidirectional=True, algo="persistent")
+    theirs = getattr(torch.nn, name)(I, 16, bidirectional=True, dtype=torch.float64)
+    theirs.load_state_dict({k: v.double() for k, v in ours.state_dict().items()})
+    x = torch.randn(T, B, I, requires_grad=True)
+    x64 = x.detach().double().requires_grad_()
+    got = _penalty_gradients(ours, lambda m, x: _sequence_loss(m, x, LENGTHS.clamp(min=1)), x)
+    expected = _penalty_gradients(theirs, lambda m, x: _sequence_loss(m, x, LENGTHS.clamp(min=1)),
+                                  x64)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g.double(), e, rtol=1e-4, atol=1e-5 * e.abs().max().item())
+
+
 def _cell_loss(cell, x):
     """Two steps of a cell, the second from the first's state."""
     state = None
@@ -214,6 +233,21 @@ def test_create_graph_backward_runs_the_differentiable_op():
     names = _ops_run(create_graph=True)
     assert "fused_rnn::lstm_backward_differentiable" in names
     assert "fused_rnn::lstm_backward" not in names
+
+
+def test_saved_tensor_hooks():
+    """Through save_on_cpu's hooks the saved inputs keep their autograd history."""
+    torch.manual_seed(0)
+    lstm = fused_rnn.LSTM(I, 3, dtype=torch.float64)
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+
+    def second(hooks):
+        with hooks:
+            y, _ = lstm(x)
+        return _penalty_gradients(lstm, lambda m, x: y.pow(2).sum(), x)
+
+    for a, b in zip(second(torch.autograd.graph.save_on_cpu()), second(contextlib.nullcontext())):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_third_derivative():
