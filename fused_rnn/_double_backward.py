@@ -67,10 +67,6 @@ def _pinned_activations(saved: Tensor, derivatives: Sequence[Callable[[Tensor], 
     return at
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
 def _rerun_vjp(rerun: Callable[..., Sequence[Tensor]], inputs: Sequence[Optional[Tensor]],
                grad_outputs: Sequence[Optional[Tensor]], output_mask: Sequence[bool]
                ) -> Tuple[Tensor, ...]:
@@ -104,7 +100,7 @@ def _rerun_vjp(rerun: Callable[..., Sequence[Tensor]], inputs: Sequence[Optional
 def elman_backward_differentiable(grad_y, grad_h_n, x_proj, y, h0, w_hh, b_hh, lengths,
                                   state_mask, reverse, relu, output_mask):
     activations = _pinned_activations(y, (_relu_derivative if relu else _tanh_derivative,),
-                                      _compute_dtype(y.dtype))
+                                      reference._compute_dtype(y.dtype))
 
     def rerun(x_proj, h0, w_hh, b_hh):
         return reference.rnn_projected(
@@ -118,7 +114,7 @@ def lstm_backward_differentiable(grad_y, grad_h_n, grad_c_n, x_proj, gates, h0, 
                                  w_ch, w_hr, lengths, state_mask, reverse, output_mask):
     derivatives = (_sigmoid_derivative, _sigmoid_derivative, _tanh_derivative,
                    _sigmoid_derivative)  # i, f, g, o
-    activations = _pinned_activations(gates, derivatives, _compute_dtype(gates.dtype))
+    activations = _pinned_activations(gates, derivatives, reference._compute_dtype(gates.dtype))
 
     def rerun(x_proj, h0, c0, w_hh, b_hh, w_ch, w_hr):
         return reference.peephole_lstm_projected(
@@ -132,7 +128,7 @@ def lstm_backward_differentiable(grad_y, grad_h_n, grad_c_n, x_proj, gates, h0, 
 def gru_backward_differentiable(grad_y, grad_h_n, x_proj, gates, h0, w_hh, b_hh, lengths,
                                 state_mask, reverse, reset_after, output_mask):
     derivatives = (_sigmoid_derivative, _sigmoid_derivative, _tanh_derivative)  # r, z, n
-    activations = _pinned_activations(gates, derivatives, _compute_dtype(gates.dtype))
+    activations = _pinned_activations(gates, derivatives, reference._compute_dtype(gates.dtype))
 
     def rerun(x_proj, h0, w_hh, b_hh):
         return reference.gru_projected(

@@ -141,9 +141,10 @@ def _penalty_gradients(module, forward, x):
 
 
 def _sequence_loss(module, x, lengths=None):
+    """torch.nn's modules take lengths as a PackedSequence, fused_rnn's as `lengths=`."""
     if lengths is None:
         y, state = module(x)
-    elif isinstance(module, torch.nn.RNNBase) and not isinstance(module, fused_rnn.modules._FusedRNNBase):
+    elif type(module).__module__.startswith("torch."):
         packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
         y, state = module(packed)
         y = torch.nn.utils.rnn.pad_packed_sequence(y, total_length=x.shape[0])[0]
