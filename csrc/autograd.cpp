@@ -1,14 +1,17 @@
 // Autograd of the fused_rnn ops, in C++, registered for the Autograd key of every device.
 //
-// Each forward op's node saves what its backward op needs and calls that op; the backward ops
-// themselves have no derivative, so a graph through them gets a node that raises. Why C++: the
+// Each forward op's node saves what its backward op needs and calls that op. The backward ops
+// themselves have no derivative: a backward run with create_graph=True (grad mode on inside it)
+// calls a differentiable backward op instead (second derivatives, below). Why C++: the
 // same registration through torch.library's Python API cost ~30 us a call in Python (argument
 // binding, the wrapper, a Python backward), which a cell called once per token paid on every step,
 // forward and backward. A call that needs no graph (grad mode off, or no input requiring a
 // gradient) goes straight to the device kernel.
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/variable.h>  // impl::set_gradient_edge
 #include <torch/library.h>
 
+#include <array>
 #include <string>
 #include <tuple>
 
@@ -33,6 +36,46 @@ void require_training(AutogradContext* ctx, const char* op_name) {
               " ran with training=False, so it saved no activations for backward");
 }
 
+// ---------------------------------------------------------------------------- second derivatives
+// A backward whose graph is recorded (create_graph=True) goes to a differentiable backward op
+// (ops.cpp), implemented in Python as the reference recurrence rerun from the saved inputs, which
+// keep their autograd history. x_proj, the largest activation, is not saved (a first-order
+// backward never reads it): the op gets a tensor on its autograd edge, and the saved activations
+// stand in for its values.
+bool backward_needs_graph() { return at::GradMode::is_enabled(); }
+
+// Loaded from C++ alone (torch.ops.load_library), the library has no Python implementation.
+template <class Op>
+void require_python_implementation() {
+  TORCH_CHECK(handle<Op>().hasKernelForDispatchKey(c10::DispatchKey::CompositeImplicitAutograd),
+              "fused_rnn: a second derivative (a backward run with create_graph=True) needs the "
+              "Python package: ", Op::name, " is implemented in fused_rnn/_double_backward.py, "
+              "registered by `import fused_rnn`");
+}
+
+// Zeros shaped like x_proj that carry x_proj's autograd edge: gradients into them go where
+// x_proj's would. `y` is a saved output: unpacked, its grad_fn is this Function's node, whose
+// first input is x_proj.
+Tensor on_x_proj_edge(const Tensor& y, const Tensor& like_x_proj) {
+  Tensor link = at::zeros_like(like_x_proj, at::MemoryFormat::Contiguous);
+  TORCH_INTERNAL_ASSERT(y.grad_fn(), "a saved output without its node");
+  const torch::autograd::Edge& edge = y.grad_fn()->next_edge(0);
+  if (edge.is_valid()) torch::autograd::impl::set_gradient_edge(link, edge);
+  return link;
+}
+
+// Which of the first N (differentiable) inputs need a gradient. needs_input_grad counts edges,
+// and an absent optional input has none.
+template <size_t N>
+std::array<bool, N> needed_input_grads(AutogradContext* ctx, const std::array<Tensor, N>& inputs) {
+  std::array<bool, N> mask{};
+  size_t edge = 0;
+  for (size_t i = 0; i < N; ++i) {
+    if (inputs[i].defined()) mask[i] = ctx->needs_input_grad(edge++);
+  }
+  return mask;
+}
+
 // ------------------------------------------------------------------------------------ forward ops
 struct ElmanFunction : torch::autograd::Function<ElmanFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& x_proj, const Tensor& h0,
@@ -42,7 +85,9 @@ struct ElmanFunction : torch::autograd::Function<ElmanFunction> {
     auto [y, h_n] = call_below_autograd<ElmanForward>(x_proj, h0, w_hh, b_hh, lengths, state_mask,
                                                       reverse, relu, algo);
     ctx->set_materialize_grads(false);
-    ctx->save_for_backward({y, h0, w_hh, or_undefined(lengths), or_undefined(state_mask)});
+    // b_hh, an input, costs no memory; only a second derivative reads it.
+    ctx->save_for_backward({y, h0, w_hh, or_undefined(lengths), or_undefined(state_mask),
+                            or_undefined(b_hh)});
     ctx->saved_data["reverse"] = reverse;
     ctx->saved_data["relu"] = relu;
     ctx->saved_data["has_bias"] = b_hh.has_value();
@@ -53,11 +98,22 @@ struct ElmanFunction : torch::autograd::Function<ElmanFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &y = saved[0], &h0 = saved[1], &w_hh = saved[2];
+    const Tensor none;
+    if (backward_needs_graph()) {
+      require_python_implementation<ElmanBackwardDifferentiable>();
+      const Tensor x_proj = on_x_proj_edge(y, y);
+      const auto mask = needed_input_grads<4>(ctx, {x_proj, h0, w_hh, saved[5]});
+      auto [gx, gh0, gw, gb] = call<ElmanBackwardDifferentiable>(
+          optional(grads[0]), optional(grads[1]), x_proj, y, h0, w_hh, optional(saved[5]),
+          optional(saved[3]), optional(saved[4]),
+          ctx->saved_data["reverse"].toBool(), ctx->saved_data["relu"].toBool(), mask);
+      return {mask[0] ? gx : none, mask[1] ? gh0 : none, mask[2] ? gw : none,
+              mask[3] ? gb : none, none, none, none, none, none};
+    }
     auto [gx, gh0, gw, gb] = call<ElmanBackward>(
         or_zeros(grads[0], y), or_zeros(grads[1], h0), y, h0, w_hh, optional(saved[3]),
         optional(saved[4]), ctx->saved_data["reverse"].toBool(), ctx->saved_data["relu"].toBool(),
         ctx->saved_data["algo"].toStringRef());
-    const Tensor none;
     return {gx, gh0, gw, ctx->saved_data["has_bias"].toBool() ? gb : none,
             none, none, none, none, none};
   }
@@ -75,7 +131,7 @@ struct LstmFunction : torch::autograd::Function<LstmFunction> {
     ctx->mark_non_differentiable({gates, c_all});
     ctx->set_materialize_grads(false);
     ctx->save_for_backward({y, gates, c_all, h0, c0, w_hh, or_undefined(w_ch), or_undefined(w_hr),
-                            or_undefined(lengths), or_undefined(state_mask)});
+                            or_undefined(lengths), or_undefined(state_mask), or_undefined(b_hh)});
     ctx->saved_data["reverse"] = reverse;
     ctx->saved_data["training"] = training;
     ctx->saved_data["has_bias"] = b_hh.has_value();
@@ -88,11 +144,24 @@ struct LstmFunction : torch::autograd::Function<LstmFunction> {
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &y = saved[0], &h0 = saved[3], &c0 = saved[4];
     const OptTensor w_ch = optional(saved[6]), w_hr = optional(saved[7]);
+    const Tensor none;
+    if (backward_needs_graph()) {
+      require_python_implementation<LstmBackwardDifferentiable>();
+      const Tensor x_proj = on_x_proj_edge(y, saved[1]);
+      const auto mask = needed_input_grads<7>(
+          ctx, {x_proj, h0, c0, saved[5], saved[10], saved[6], saved[7]});
+      auto [gx, gh0, gc0, gw, gb, gw_ch, gw_hr] = call<LstmBackwardDifferentiable>(
+          optional(grads[0]), optional(grads[1]), optional(grads[2]), x_proj, saved[1], h0, c0,
+          saved[5], optional(saved[10]), w_ch, w_hr, optional(saved[8]),
+          optional(saved[9]), ctx->saved_data["reverse"].toBool(), mask);
+      return {mask[0] ? gx : none,    mask[1] ? gh0 : none,   mask[2] ? gc0 : none,
+              mask[3] ? gw : none,    mask[4] ? gb : none,    mask[5] ? gw_ch : none,
+              mask[6] ? gw_hr : none, none, none, none, none, none};
+    }
     auto [gx, gh0, gc0, gw, gb, gw_ch, gw_hr] = call<LstmBackward>(
         or_zeros(grads[0], y), or_zeros(grads[1], h0), or_zeros(grads[2], c0), y, saved[1],
         saved[2], h0, c0, saved[5], w_ch, w_hr, optional(saved[8]), optional(saved[9]),
         ctx->saved_data["reverse"].toBool(), ctx->saved_data["algo"].toStringRef());
-    const Tensor none;
     return {gx, gh0, gc0, gw, ctx->saved_data["has_bias"].toBool() ? gb : none,
             w_ch ? gw_ch : none, w_hr ? gw_hr : none, none, none, none, none, none};
   }
@@ -108,7 +177,7 @@ struct GruFunction : torch::autograd::Function<GruFunction> {
     ctx->mark_non_differentiable({gates, hh_n});
     ctx->set_materialize_grads(false);
     ctx->save_for_backward({y, gates, hh_n, h0, w_hh, or_undefined(lengths),
-                            or_undefined(state_mask)});
+                            or_undefined(state_mask), or_undefined(b_hh)});
     ctx->saved_data["reverse"] = reverse;
     ctx->saved_data["reset_after"] = reset_after;
     ctx->saved_data["training"] = training;
@@ -121,11 +190,22 @@ struct GruFunction : torch::autograd::Function<GruFunction> {
     require_training(ctx, "gru_forward");
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &y = saved[0], &h0 = saved[3];
+    const Tensor none;
+    if (backward_needs_graph()) {
+      require_python_implementation<GruBackwardDifferentiable>();
+      const Tensor x_proj = on_x_proj_edge(y, saved[1]);
+      const auto mask = needed_input_grads<4>(ctx, {x_proj, h0, saved[4], saved[7]});
+      auto [gx, gh0, gw, gb] = call<GruBackwardDifferentiable>(
+          optional(grads[0]), optional(grads[1]), x_proj, saved[1], h0, saved[4],
+          optional(saved[7]), optional(saved[5]), optional(saved[6]),
+          ctx->saved_data["reverse"].toBool(), ctx->saved_data["reset_after"].toBool(), mask);
+      return {mask[0] ? gx : none, mask[1] ? gh0 : none, mask[2] ? gw : none,
+              mask[3] ? gb : none, none, none, none, none, none, none};
+    }
     auto [gx, gh0, gw, gb] = call<GruBackward>(
         or_zeros(grads[0], y), or_zeros(grads[1], h0), y, saved[1], saved[2], h0, saved[4],
         optional(saved[5]), optional(saved[6]), ctx->saved_data["reverse"].toBool(),
         ctx->saved_data["reset_after"].toBool(), ctx->saved_data["algo"].toStringRef());
-    const Tensor none;
     return {gx, gh0, gw, ctx->saved_data["has_bias"].toBool() ? gb : none,
             none, none, none, none, none, none};
   }
@@ -225,9 +305,9 @@ Tensor column_sums(const Tensor& d) {
   return ColumnSumsFunction::apply(d)[0];
 }
 
-// A backward op's outputs, where a graph is recorded (a backward with create_graph=True), get a
-// node that raises if that graph is differentiated: autograd's fallback would return zeros with
-// only a warning.
+// A backward op called directly where a graph is recorded gets a node that raises if that graph
+// is differentiated: autograd's fallback would return zeros with only a warning. (The forward
+// ops' own backward never gets here with a graph: it takes the differentiable ops.)
 template <class Op>
 struct NoSecondDerivative : torch::autograd::Function<NoSecondDerivative<Op>> {
   template <class... Args>
@@ -237,9 +317,8 @@ struct NoSecondDerivative : torch::autograd::Function<NoSecondDerivative<Op>> {
   }
   static variable_list backward(AutogradContext*, variable_list) {
     TORCH_CHECK(false,
-                "fused_rnn: the recurrent ops have no second derivative (a backward run with "
-                "create_graph=True cannot be differentiated again); use backend='reference' for "
-                "higher-order gradients");
+                "fused_rnn: the backward ops have no derivative; differentiate the forward ops "
+                "(their backward with create_graph=True is differentiable)");
   }
 };
 

@@ -8,6 +8,7 @@
 #include <ATen/core/grad_mode.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 
+#include <array>
 #include <optional>
 #include <tuple>
 #include <utility>
@@ -55,6 +56,24 @@ FUSED_RNN_OP(GruBackward, "gru_backward",
                                                         const Tensor&, const OptTensor&,
                                                         const OptTensor&, bool, bool,
                                                         c10::string_view))
+// The differentiable backward ops (second derivatives; fused_rnn/_double_backward.py).
+FUSED_RNN_OP(ElmanBackwardDifferentiable, "elman_backward_differentiable",
+             std::tuple<Tensor, Tensor, Tensor, Tensor>(const OptTensor&, const OptTensor&,
+                                                        const Tensor&, const Tensor&, const Tensor&,
+                                                        const Tensor&, const OptTensor&,
+                                                        const OptTensor&, const OptTensor&, bool,
+                                                        bool, std::array<bool, 4>))
+FUSED_RNN_OP(LstmBackwardDifferentiable, "lstm_backward_differentiable",
+             std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
+                 const OptTensor&, const OptTensor&, const OptTensor&, const Tensor&, const Tensor&,
+                 const Tensor&, const Tensor&, const Tensor&, const OptTensor&, const OptTensor&,
+                 const OptTensor&, const OptTensor&, const OptTensor&, bool, std::array<bool, 7>))
+FUSED_RNN_OP(GruBackwardDifferentiable, "gru_backward_differentiable",
+             std::tuple<Tensor, Tensor, Tensor, Tensor>(const OptTensor&, const OptTensor&,
+                                                        const Tensor&, const Tensor&, const Tensor&,
+                                                        const Tensor&, const OptTensor&,
+                                                        const OptTensor&, const OptTensor&, bool,
+                                                        bool, std::array<bool, 4>))
 FUSED_RNN_OP(Linear, "linear", Tensor(const Tensor&, const Tensor&, const OptTensor&))
 FUSED_RNN_OP(ColumnSums, "column_sums", Tensor(const Tensor&))
 #undef FUSED_RNN_OP

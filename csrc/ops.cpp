@@ -34,6 +34,29 @@ TORCH_LIBRARY(fused_rnn, m) {
       "Tensor h0, Tensor w_hh, Tensor? lengths, Tensor? state_mask, bool reverse, "
       "bool reset_after, str algo=\"auto\") "
       "-> (Tensor grad_x_proj, Tensor grad_h0, Tensor grad_w_hh, Tensor grad_b_hh)");
+  // The differentiable backward ops, what the forward ops' autograd calls for a backward with
+  // create_graph=True (a second derivative): the reference recurrence rerun from the inputs and
+  // its vector-Jacobian product taken with a graph. CompositeImplicitAutograd, implemented in
+  // Python (fused_rnn/_double_backward.py). Only x_proj's autograd history is used, not its
+  // values: the activations the forward op saved (y for Elman, gates) stand in for them.
+  // output_mask: which gradients to compute (the others come back empty).
+  m.def(
+      "elman_backward_differentiable(Tensor? grad_y, Tensor? grad_h_n, Tensor x_proj, Tensor y, "
+      "Tensor h0, Tensor w_hh, Tensor? b_hh, Tensor? lengths, Tensor? state_mask, bool reverse, "
+      "bool relu, bool[4] output_mask) "
+      "-> (Tensor grad_x_proj, Tensor grad_h0, Tensor grad_w_hh, Tensor grad_b_hh)");
+  m.def(
+      "lstm_backward_differentiable(Tensor? grad_y, Tensor? grad_h_n, Tensor? grad_c_n, "
+      "Tensor x_proj, Tensor gates, Tensor h0, Tensor c0, Tensor w_hh, Tensor? b_hh, "
+      "Tensor? w_ch, Tensor? w_hr, Tensor? lengths, Tensor? state_mask, bool reverse, "
+      "bool[7] output_mask) "
+      "-> (Tensor grad_x_proj, Tensor grad_h0, Tensor grad_c0, "
+      "Tensor grad_w_hh, Tensor grad_b_hh, Tensor grad_w_ch, Tensor grad_w_hr)");
+  m.def(
+      "gru_backward_differentiable(Tensor? grad_y, Tensor? grad_h_n, Tensor x_proj, "
+      "Tensor gates, Tensor h0, Tensor w_hh, Tensor? b_hh, Tensor? lengths, Tensor? state_mask, "
+      "bool reverse, bool reset_after, bool[4] output_mask) "
+      "-> (Tensor grad_x_proj, Tensor grad_h0, Tensor grad_w_hh, Tensor grad_b_hh)");
   // A whole layer-direction from its input x [T, B, I]: the input projection (linear), then the
   // forward op (sequences.cpp). One call from Python instead of two; autograd goes through the
   // two ops, which save what backward needs when a gradient is required.

@@ -2,7 +2,8 @@
 
 The forward ops return, beside their results, the activations that backward needs (empty
 tensors when no gradient is required); their autograd, in C++ (csrc/autograd.cpp), saves those
-and calls the matching backward op.
+and calls the matching backward op, or, for a backward with create_graph=True, a differentiable
+one implemented in Python (_double_backward.py, registered here).
 If the compiled library is missing, importing fused_rnn still works (the reference backend
 needs no kernels) and the first fused call raises an error that says why.
 """
@@ -10,6 +11,8 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
+
+from . import _double_backward
 
 try:
     from . import _C
@@ -129,3 +132,4 @@ def _register_fakes() -> None:
 
 if LOAD_ERROR is None:
     _register_fakes()
+    _double_backward.register()

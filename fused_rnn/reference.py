@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["rnn_cell", "lstm_cell", "gru_cell", "rnn", "lstm", "peephole_lstm", "gru"]
+__all__ = ["rnn_cell", "lstm_cell", "gru_cell", "rnn", "lstm", "peephole_lstm", "gru",
+           "rnn_projected", "peephole_lstm_projected", "gru_projected"]
 
 _HALF_TYPES = (torch.float16, torch.bfloat16)
 
@@ -48,14 +49,72 @@ def _activation(nonlinearity: str) -> Callable[[Tensor], Tensor]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Cells: one time step. h' is returned in x's dtype; the LSTM's c' in c's dtype, so a sequence
-# that passes a float32 c keeps it in float32 while h is rounded to the half input dtype.
+# Steps: the cell math from the projected input x_proj = W_ih x + b_ih, in the compute dtype. The
+# gate nonlinearities come as an argument: fused_rnn's second derivatives
+# (fused_rnn/_double_backward.py) rerun these steps with nonlinearities whose values are the ones
+# the fused forward saved.
 # ----------------------------------------------------------------------------------------------
+
+LSTM_ACTIVATIONS = (torch.sigmoid, torch.sigmoid, torch.tanh, torch.sigmoid)  # i, f, g, o
+GRU_ACTIVATIONS = (torch.sigmoid, torch.sigmoid, torch.tanh)  # r, z, n
+
+_Activations = Sequence[Callable[[Tensor], Tensor]]
+
 
 def _recurrent_view(h: Tensor, state_mask: Optional[Tensor]) -> Tensor:
     """h as the recurrent weights see it: h ⊙ state_mask with recurrent-state dropout."""
     return h if state_mask is None else h * state_mask.to(h.dtype)
 
+
+def _elman_step(x_proj: Tensor, h: Tensor, w_hh: Tensor, b_hh: Optional[Tensor],
+                activations: _Activations, state_mask: Optional[Tensor]) -> Tensor:
+    (act,) = activations
+    return act(x_proj + F.linear(_recurrent_view(h, state_mask), w_hh, b_hh))
+
+
+def _lstm_step(x_proj: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, b_hh: Optional[Tensor],
+               w_ch: Optional[Tensor], w_hr: Optional[Tensor], state_mask: Optional[Tensor],
+               activations: _Activations = LSTM_ACTIVATIONS) -> Tuple[Tensor, Tensor]:
+    act_i, act_f, act_g, act_o = activations
+    h_seen = _recurrent_view(h, state_mask)
+    a_i, a_f, a_g, a_o = (x_proj + F.linear(h_seen, w_hh, b_hh)).chunk(4, dim=1)
+    if w_ch is not None:
+        p_i, p_f, p_o = w_ch.chunk(3)
+        a_i = a_i + p_i * c
+        a_f = a_f + p_f * c
+    c_new = act_f(a_f) * c + act_i(a_i) * act_g(a_g)
+    if w_ch is not None:
+        a_o = a_o + p_o * c_new  # the output gate peeks at the *new* cell state
+    h_new = act_o(a_o) * torch.tanh(c_new)
+    if w_hr is not None:
+        h_new = F.linear(h_new, w_hr)
+    return h_new, c_new
+
+
+def _gru_step(x_proj: Tensor, h: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], reset_after: bool,
+              state_mask: Optional[Tensor], activations: _Activations = GRU_ACTIVATIONS) -> Tensor:
+    act_r, act_z, act_n = activations
+    i_r, i_z, i_n = x_proj.chunk(3, dim=1)
+    h_seen = _recurrent_view(h, state_mask)
+    if reset_after:
+        h_r, h_z, h_n = F.linear(h_seen, w_hh, b_hh).chunk(3, dim=1)
+        r = act_r(i_r + h_r)
+        n = act_n(i_n + r * h_n)
+    else:
+        # r is needed before the candidate's recurrent GEMM, which acts on r⊙h: split W_hh by gate.
+        w_r, w_z, w_n = w_hh.chunk(3)
+        b_r, b_z, b_n = (None, None, None) if b_hh is None else b_hh.chunk(3)
+        h_r, h_z = F.linear(h_seen, w_r, b_r), F.linear(h_seen, w_z, b_z)
+        r = act_r(i_r + h_r)
+        n = act_n(i_n + F.linear(r * h_seen, w_n, b_n))
+    z = act_z(i_z + h_z)
+    return (1 - z) * n + z * h
+
+
+# ----------------------------------------------------------------------------------------------
+# Cells: one time step. h' is returned in x's dtype; the LSTM's c' in c's dtype, so a sequence
+# that passes a float32 c keeps it in float32 while h is rounded to the half input dtype.
+# ----------------------------------------------------------------------------------------------
 
 def rnn_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
              b_hh: Optional[Tensor] = None, nonlinearity: str = "tanh",
@@ -64,8 +123,7 @@ def rnn_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Te
     act = _activation(nonlinearity)
     out_dtype = x.dtype
     x, h, w_ih, w_hh, b_ih, b_hh = _cast(_compute_dtype(x.dtype), x, h, w_ih, w_hh, b_ih, b_hh)
-    h_seen = _recurrent_view(h, state_mask)
-    return act(F.linear(x, w_ih, b_ih) + F.linear(h_seen, w_hh, b_hh)).to(out_dtype)
+    return _elman_step(F.linear(x, w_ih, b_ih), h, w_hh, b_hh, (act,), state_mask).to(out_dtype)
 
 
 def lstm_cell(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
@@ -80,18 +138,7 @@ def lstm_cell(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
     h_dtype, c_dtype = x.dtype, c.dtype
     x, h, c, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr = _cast(
         _compute_dtype(x.dtype), x, h, c, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr)
-    h_seen = _recurrent_view(h, state_mask)
-    a_i, a_f, a_g, a_o = (F.linear(x, w_ih, b_ih) + F.linear(h_seen, w_hh, b_hh)).chunk(4, dim=1)
-    if w_ch is not None:
-        p_i, p_f, p_o = w_ch.chunk(3)
-        a_i = a_i + p_i * c
-        a_f = a_f + p_f * c
-    c_new = torch.sigmoid(a_f) * c + torch.sigmoid(a_i) * torch.tanh(a_g)
-    if w_ch is not None:
-        a_o = a_o + p_o * c_new  # the output gate peeks at the *new* cell state
-    h_new = torch.sigmoid(a_o) * torch.tanh(c_new)
-    if w_hr is not None:
-        h_new = F.linear(h_new, w_hr)
+    h_new, c_new = _lstm_step(F.linear(x, w_ih, b_ih), h, c, w_hh, b_hh, w_ch, w_hr, state_mask)
     return h_new.to(h_dtype), c_new.to(c_dtype)
 
 
@@ -104,28 +151,14 @@ def gru_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Te
     """
     out_dtype = x.dtype
     x, h, w_ih, w_hh, b_ih, b_hh = _cast(_compute_dtype(x.dtype), x, h, w_ih, w_hh, b_ih, b_hh)
-    i_r, i_z, i_n = F.linear(x, w_ih, b_ih).chunk(3, dim=1)
-    h_seen = _recurrent_view(h, state_mask)
-    if reset_after:
-        h_r, h_z, h_n = F.linear(h_seen, w_hh, b_hh).chunk(3, dim=1)
-        r = torch.sigmoid(i_r + h_r)
-        n = torch.tanh(i_n + r * h_n)
-    else:
-        # r is needed before the candidate's recurrent GEMM, which acts on r⊙h: split W_hh by gate.
-        w_r, w_z, w_n = w_hh.chunk(3)
-        b_r, b_z, b_n = (None, None, None) if b_hh is None else b_hh.chunk(3)
-        h_r, h_z = F.linear(h_seen, w_r, b_r), F.linear(h_seen, w_z, b_z)
-        r = torch.sigmoid(i_r + h_r)
-        n = torch.tanh(i_n + F.linear(r * h_seen, w_n, b_n))
-    z = torch.sigmoid(i_z + h_z)
-    return ((1 - z) * n + z * h).to(out_dtype)
+    return _gru_step(F.linear(x, w_ih, b_ih), h, w_hh, b_hh, reset_after, state_mask).to(out_dtype)
 
 
 # ----------------------------------------------------------------------------------------------
 # Sequences: the time loop and the variable-length masking, shared by every cell.
 # ----------------------------------------------------------------------------------------------
 
-_Step = Callable[[Tensor, Tuple[Tensor, ...]], Tuple[Tensor, ...]]
+_Step = Callable[[int, Tuple[Tensor, ...]], Tuple[Tensor, ...]]
 
 
 def _valid_lengths(lengths, batch: int, steps: int, device: torch.device) -> Optional[Tensor]:
@@ -144,7 +177,7 @@ def _valid_lengths(lengths, batch: int, steps: int, device: torch.device) -> Opt
 
 def _scan(step: _Step, x: Tensor, state: Sequence[Tensor], lengths, reverse: bool
           ) -> Tuple[Tensor, Tuple[Tensor, ...]]:
-    """Runs ``step(x_t, state) -> state'`` over time; state[0] is the output h.
+    """Runs ``step(t, state) -> state'`` over time (x gives T and B); state[0] is the output h.
 
     Returns y (T, B, P) and the final state. A step is valid for sequence b when t < lengths[b];
     invalid steps keep the state and emit zeros. In reverse the invalid steps come first, so each
@@ -155,7 +188,7 @@ def _scan(step: _Step, x: Tensor, state: Sequence[Tensor], lengths, reverse: boo
     state = tuple(state)
     ys = []
     for t in (reversed(range(steps)) if reverse else range(steps)):
-        new_state = step(x[t], state)
+        new_state = step(t, state)
         out = new_state[0]
         if lengths is None:
             state = new_state
@@ -176,8 +209,8 @@ def rnn(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor
     """Elman RNN over a sequence. Returns (y, h_n)."""
     _activation(nonlinearity)  # reject a bad name even when T == 0
 
-    def step(x_t, state):
-        return (rnn_cell(x_t, state[0], w_ih, w_hh, b_ih, b_hh, nonlinearity, state_mask),)
+    def step(t, state):
+        return (rnn_cell(x[t], state[0], w_ih, w_hh, b_ih, b_hh, nonlinearity, state_mask),)
 
     y, (h_n,) = _scan(step, x, (h0,), lengths, reverse)
     return y, h_n
@@ -190,8 +223,8 @@ def peephole_lstm(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
                   ) -> Tuple[Tensor, Tensor, Tensor]:
     """LSTM with diagonal peepholes w_ch (None = plain LSTM). Returns (y, h_n, c_n)."""
 
-    def step(x_t, state):
-        return lstm_cell(x_t, state[0], state[1], w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, state_mask)
+    def step(t, state):
+        return lstm_cell(x[t], state[0], state[1], w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, state_mask)
 
     # Half inputs: the cell state is carried in float32 and rounded only when returned.
     c_start = c0.to(_compute_dtype(c0.dtype))
@@ -213,8 +246,74 @@ def gru(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor
         reverse: bool = False, state_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """GRU (gate order r, z, n), either reset_after variant. Returns (y, h_n)."""
 
-    def step(x_t, state):
-        return (gru_cell(x_t, state[0], w_ih, w_hh, b_ih, b_hh, reset_after, state_mask),)
+    def step(t, state):
+        return (gru_cell(x[t], state[0], w_ih, w_hh, b_ih, b_hh, reset_after, state_mask),)
 
     y, (h_n,) = _scan(step, x, (h0,), lengths, reverse)
+    return y, h_n
+
+
+# ----------------------------------------------------------------------------------------------
+# Sequences from the projected input x_proj = x W_ihᵀ + b_ih (T, B, G·H): what the fused forward
+# ops compute. ``activations(t)``, optional, gives step t's gate nonlinearities (default: the
+# cell's own; fused_rnn's second derivatives pin them to the fused forward's saved activations).
+# ----------------------------------------------------------------------------------------------
+
+_StepActivations = Optional[Callable[[int], _Activations]]
+
+
+def rnn_projected(x_proj: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor] = None, *,
+                  nonlinearity: str = "tanh", lengths: Optional[Tensor] = None,
+                  reverse: bool = False, state_mask: Optional[Tensor] = None,
+                  activations: _StepActivations = None) -> Tuple[Tensor, Tensor]:
+    """Elman RNN from x_proj (T, B, H). Returns (y, h_n)."""
+    act = (_activation(nonlinearity),)
+    dtype = _compute_dtype(x_proj.dtype)
+    w_hh, b_hh = _cast(dtype, w_hh, b_hh)
+
+    def step(t, state):
+        h = _elman_step(x_proj[t].to(dtype), state[0].to(dtype), w_hh, b_hh,
+                        act if activations is None else activations(t), state_mask)
+        return (h.to(x_proj.dtype),)
+
+    y, (h_n,) = _scan(step, x_proj, (h0,), lengths, reverse)
+    return y, h_n
+
+
+def peephole_lstm_projected(x_proj: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor,
+                            w_ch: Optional[Tensor], b_hh: Optional[Tensor] = None, *,
+                            w_hr: Optional[Tensor] = None, lengths: Optional[Tensor] = None,
+                            reverse: bool = False, state_mask: Optional[Tensor] = None,
+                            activations: _StepActivations = None
+                            ) -> Tuple[Tensor, Tensor, Tensor]:
+    """LSTM with optional peepholes w_ch and projection w_hr from x_proj (T, B, 4H).
+    Returns (y, h_n, c_n)."""
+    dtype = _compute_dtype(x_proj.dtype)
+    w_hh, b_hh, w_ch, w_hr = _cast(dtype, w_hh, b_hh, w_ch, w_hr)
+
+    def step(t, state):
+        h, c = _lstm_step(x_proj[t].to(dtype), state[0].to(dtype), state[1], w_hh, b_hh, w_ch,
+                          w_hr, state_mask,
+                          LSTM_ACTIVATIONS if activations is None else activations(t))
+        return h.to(x_proj.dtype), c
+
+    # Half inputs: the cell state is carried in float32 and rounded only when returned.
+    y, (h_n, c_n) = _scan(step, x_proj, (h0, c0.to(dtype)), lengths, reverse)
+    return y, h_n, c_n.to(c0.dtype)
+
+
+def gru_projected(x_proj: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor] = None, *,
+                  reset_after: bool = True, lengths: Optional[Tensor] = None,
+                  reverse: bool = False, state_mask: Optional[Tensor] = None,
+                  activations: _StepActivations = None) -> Tuple[Tensor, Tensor]:
+    """GRU (either reset_after variant) from x_proj (T, B, 3H). Returns (y, h_n)."""
+    dtype = _compute_dtype(x_proj.dtype)
+    w_hh, b_hh = _cast(dtype, w_hh, b_hh)
+
+    def step(t, state):
+        h = _gru_step(x_proj[t].to(dtype), state[0].to(dtype), w_hh, b_hh, reset_after,
+                      state_mask, GRU_ACTIVATIONS if activations is None else activations(t))
+        return (h.to(x_proj.dtype),)
+
+    y, (h_n,) = _scan(step, x_proj, (h0,), lengths, reverse)
     return y, h_n

@@ -310,19 +310,6 @@ def test_backward_of_a_forward_without_training_raises():
         y.sum().backward()
 
 
-@pytest.mark.parametrize("module", ["LSTM", "GRU", "RNN"])
-def test_second_derivative_raises(module):
-    """A gradient taken with create_graph=True cannot be differentiated again through the fused
-    recurrence: that raises (autograd's fallback would give zeros, with only a warning)."""
-    import fused_rnn
-    torch.manual_seed(0)
-    rnn = getattr(fused_rnn, module)(4, 16)
-    x = torch.randn(3, 2, 4, requires_grad=True)
-    grad, = torch.autograd.grad(rnn(x)[0].sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="no second derivative"):
-        torch.autograd.grad(grad.sum(), x)
-
-
 def test_saved_activations_go_through_saved_tensor_hooks():
     """What the ops save for backward passes through autograd's saved-tensor hooks, which
     save_on_cpu (README: TF1's swap_memory) and checkpointing rely on; backward reads what the
