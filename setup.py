@@ -6,13 +6,15 @@ architectures (default when no GPU is visible: 8.0 and 9.0 with PTX); MAX_JOBS b
 Install with `pip install --no-build-isolation -e .` (the build compiles against the torch you
 have installed), or build an sdist with `python -m build --sdist --no-isolation`. The package
 requires the torch release it was compiled against (e.g. torch==2.14.*): its binary loads with no
-other.
+other. Builds write their intermediate files to a temporary folder, not into the source tree.
 """
+import atexit
 import glob
 import os
 import re
 import shutil
 import sys
+import tempfile
 
 import setuptools
 from setuptools import find_packages, setup
@@ -139,9 +141,25 @@ def _torch_requirement():
     return f"torch=={match.group(1)}.{match.group(2)}.*"
 
 
+def _out_of_tree_build_options():
+    """setuptools writes its egg-info (metadata, made again by each command that needs it) and
+    its build/ folder into the source tree unless told otherwise. A temporary folder, removed
+    when setup.py exits, takes the egg-info always and a wheel build's compilation (pip install .,
+    python -m build); pip's editable builds choose temporary folders themselves. A developer's
+    `python setup.py build_ext --inplace` keeps build/ (gitignored), where ninja recompiles only
+    what changed. --egg-base / --build-base on a setup.py command line still win."""
+    scratch = tempfile.mkdtemp(prefix="fused_rnn-build-")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    options = {"egg_info": {"egg_base": scratch}}
+    if "bdist_wheel" in sys.argv[1:]:
+        options["build"] = {"build_base": os.path.join(scratch, "build")}
+    return options
+
+
 setup(
     packages=find_packages(include=["fused_rnn", "fused_rnn.*"]),
     install_requires=[_torch_requirement(), "numpy"],
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension},
+    options=_out_of_tree_build_options(),
 )
