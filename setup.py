@@ -4,15 +4,27 @@ CPU kernels are always built. The CUDA kernels are built when nvcc and a CUDA bu
 both present; FUSED_RNN_CUDA=0 or 1 forces either way. TORCH_CUDA_ARCH_LIST picks the GPU
 architectures (default when no GPU is visible: 8.0 and 9.0 with PTX); MAX_JOBS bounds ninja.
 Install with `pip install --no-build-isolation -e .` (the build compiles against the torch you
-have installed).
+have installed), or build an sdist with `python -m build --sdist --no-isolation`. The package
+requires the torch release it was compiled against (e.g. torch==2.14.*): its binary loads with no
+other. Builds write their intermediate files to a temporary folder, not into the source tree.
 """
+import atexit
 import glob
 import os
 import re
 import shutil
 import sys
+import tempfile
 
+import setuptools
 from setuptools import find_packages, setup
+
+# pyproject.toml's SPDX `license` string needs setuptools >= 77. With --no-build-isolation pip does
+# not install build-system.requires, so an older setuptools would fail with a schema error that
+# does not say this.
+if int(setuptools.__version__.split(".")[0]) < 77:
+    sys.exit(f"fused_rnn needs setuptools >= 77 to build (found {setuptools.__version__}): "
+             "pip install 'setuptools>=77'")
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -118,8 +130,36 @@ def _extension():
                             "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]})
 
 
+def _torch_requirement():
+    """The torch release the kernels are compiled against, as a requirement (torch==2.14.*): the
+    extension uses torch's C++ API, whose ABI changes between minor releases, so the binary loads
+    with this release only (patch releases are meant to keep the ABI). CUDA and CPU builds of one
+    release differ only in the local label (+cu130, +cpu), which a wildcard pin cannot name."""
+    match = re.match(r"(\d+)\.(\d+)", torch.__version__)
+    if match is None:
+        sys.exit(f"cannot read torch's version {torch.__version__!r}")
+    return f"torch=={match.group(1)}.{match.group(2)}.*"
+
+
+def _out_of_tree_build_options():
+    """setuptools writes its egg-info (metadata, made again by each command that needs it) and
+    its build/ folder into the source tree unless told otherwise. A temporary folder, removed
+    when setup.py exits, takes the egg-info always and a wheel build's compilation (pip install .,
+    python -m build); pip's editable builds choose temporary folders themselves. A developer's
+    `python setup.py build_ext --inplace` keeps build/ (gitignored), where ninja recompiles only
+    what changed. --egg-base / --build-base on a setup.py command line still win."""
+    scratch = tempfile.mkdtemp(prefix="fused_rnn-build-")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    options = {"egg_info": {"egg_base": scratch}}
+    if "bdist_wheel" in sys.argv[1:]:
+        options["build"] = {"build_base": os.path.join(scratch, "build")}
+    return options
+
+
 setup(
     packages=find_packages(include=["fused_rnn", "fused_rnn.*"]),
+    install_requires=[_torch_requirement(), "numpy"],
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension},
+    options=_out_of_tree_build_options(),
 )
