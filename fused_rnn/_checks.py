@@ -11,8 +11,9 @@ checked here, by its public name, against what the others imply:
     state_mask (B, P); all of x's dtype (any floating dtype inside torch.autocast, whose kernels
     cast them) and on x's device. lengths: see ``lengths_device``.
 
-A cell calls this once per token, so the passing path only reads each shape, dtype and device
-once and compares; messages are built only for an error.
+The reference backend runs these checks before it computes; the fused backend only after its op
+raised (the op checks every argument itself, but by its own names), so a cell called once per
+token pays nothing for them.
 """
 from __future__ import annotations
 
@@ -88,6 +89,17 @@ def sequence_args(fn: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Te
             wrong = True
         if wrong:
             _wrong_tensor(fn, name, t, shape, x, w_hh_shape)
+
+
+def name_the_wrong_argument(fn: str, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr,
+                            state_mask) -> None:
+    """Called where the fused op raised: raises, in place of the op's error, the one that names
+    the public argument that is wrong, if one is; else returns (and the caller re-raises the
+    op's own error, which had another cause)."""
+    try:
+        sequence_args(fn, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, state_mask)
+    except (ArgumentError, TypeError) as named:
+        raise named from None
 
 
 def lengths_device(fn: str, lengths: Tensor, device: torch.device) -> None:

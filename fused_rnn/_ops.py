@@ -74,6 +74,15 @@ def _c_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+def _same_device(op: str, first: Tensor, **others: Optional[Tensor]) -> None:
+    """The device check the real kernels make: without it a meta tensor among CPU or CUDA ones
+    would send the call to these fake kernels, which would return results for it."""
+    for name, t in others.items():
+        if t is not None and t.device != first.device:
+            raise RuntimeError(f"fused_rnn::{op}: {name} is on {t.device} but the input is on "
+                               f"{first.device}")
+
+
 def _register_fakes() -> None:
     register = torch.library.register_fake
 
@@ -83,6 +92,8 @@ def _register_fakes() -> None:
 
     @register("fused_rnn::elman_forward")
     def _(x_proj, h0, w_hh, b_hh, lengths, state_mask, reverse, relu, algo="auto"):
+        _same_device("elman_forward", x_proj, h0=h0, w_hh=w_hh, b_hh=b_hh, lengths=lengths,
+                     state_mask=state_mask)
         return x_proj.new_empty(x_proj.shape), h0.new_empty(h0.shape)
 
     @register("fused_rnn::elman_backward")
@@ -93,6 +104,8 @@ def _register_fakes() -> None:
     @register("fused_rnn::lstm_forward")
     def _(x_proj, h0, c0, w_hh, b_hh, w_ch, w_hr, lengths, state_mask, reverse, training,
           algo="auto"):
+        _same_device("lstm_forward", x_proj, h0=h0, c0=c0, w_hh=w_hh, b_hh=b_hh, w_ch=w_ch,
+                     w_hr=w_hr, lengths=lengths, state_mask=state_mask)
         steps, batch, gates = x_proj.shape
         hidden, state = gates // 4, h0.shape[1]
         saved_gates = x_proj.new_empty(x_proj.shape) if training else x_proj.new_empty(0)
@@ -112,6 +125,8 @@ def _register_fakes() -> None:
     @register("fused_rnn::gru_forward")
     def _(x_proj, h0, w_hh, b_hh, lengths, state_mask, reverse, reset_after, training,
           algo="auto"):
+        _same_device("gru_forward", x_proj, h0=h0, w_hh=w_hh, b_hh=b_hh, lengths=lengths,
+                     state_mask=state_mask)
         steps, batch, gates = x_proj.shape
         hidden = gates // 3
         saved_gates = x_proj.new_empty(x_proj.shape) if training else x_proj.new_empty(0)
@@ -127,6 +142,7 @@ def _register_fakes() -> None:
 
     @register("fused_rnn::linear")
     def _(x, w, b):
+        _same_device("linear", x, w=w, b=b)
         return x.new_empty((x.shape[0], w.shape[0]))
 
 

@@ -142,13 +142,17 @@ def _zero_padding(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
     return x.masked_fill(padding.unsqueeze(2), 0)
 
 
-def _prepare(fn: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
-             b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_ch: Optional[Tensor],
-             w_hr: Optional[Tensor], lengths, state_mask: Optional[Tensor]
-             ) -> Tuple[Tensor, Optional[Tensor]]:
-    """Checks every argument (by its public name) and returns (x with zeroed padding, lengths as
-    int64 on x's device); shared by both backends."""
-    _checks.sequence_args(fn, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, state_mask)
+def _prepare(fn: str, backend: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Tensor,
+             w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
+             w_ch: Optional[Tensor], w_hr: Optional[Tensor], lengths,
+             state_mask: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+    """Returns (x with zeroed padding, lengths as int64 on x's device). The reference backend and
+    ONNX export check every argument (by its public name) first: plain PyTorch ops would
+    broadcast some wrong shapes. The compiled ops check all of theirs, so on the fused path the
+    named check runs only when the op raised (``_checks.name_the_wrong_argument``): a cell called
+    once per token does not pay it on every step."""
+    if backend != "fused" or _onnx.active():
+        _checks.sequence_args(fn, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, state_mask)
     if lengths is None:
         return x, None
     lengths = prepare_lengths(lengths, x.shape[1], x.shape[0], x.device, fn)
@@ -171,17 +175,23 @@ def rnn(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor
     check_algo(algo)
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-    x, lengths = _prepare("rnn", x, h0, None, w_ih, w_hh, b_ih, b_hh, None, None, lengths,
-                          state_mask)
-    if _onnx.active():  # torch.onnx.export: ONNX's RNN operator instead of the fused op
-        return _onnx.rnn(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity=nonlinearity,
-                         lengths=lengths, reverse=reverse, state_mask=state_mask)
-    if backend == "reference":
-        return _reference(reference.rnn, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity=nonlinearity,
-                          lengths=lengths, reverse=reverse, state_mask=state_mask)
-    _require_steps("rnn", x)
-    return _ops.elman(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, state_mask, reverse,
-                      nonlinearity == "relu", algo)
+    try:
+        x, lengths = _prepare("rnn", backend, x, h0, None, w_ih, w_hh, b_ih, b_hh, None, None,
+                              lengths, state_mask)
+        if _onnx.active():  # torch.onnx.export: ONNX's RNN operator instead of the fused op
+            return _onnx.rnn(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity=nonlinearity,
+                             lengths=lengths, reverse=reverse, state_mask=state_mask)
+        if backend == "reference":
+            return _reference(reference.rnn, x, h0, w_ih, w_hh, b_ih, b_hh,
+                              nonlinearity=nonlinearity, lengths=lengths, reverse=reverse,
+                              state_mask=state_mask)
+        _require_steps("rnn", x)
+        return _ops.elman(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, state_mask, reverse,
+                          nonlinearity == "relu", algo)
+    except Exception:
+        _checks.name_the_wrong_argument("rnn", x, h0, None, w_ih, w_hh, b_ih, b_hh, None, None,
+                                        state_mask)
+        raise
 
 
 def lstm(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
@@ -205,16 +215,22 @@ def peephole_lstm(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
     backend = _backend_to_run(backend)
     check_algo(algo)
     fn = "peephole_lstm" if w_ch is not None else "lstm"
-    x, lengths = _prepare(fn, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, lengths, state_mask)
-    if _onnx.active():  # torch.onnx.export: ONNX's LSTM operator instead of the fused op
-        return _onnx.peephole_lstm(x, h0, c0, w_ih, w_hh, w_ch, b_ih, b_hh, w_hr=w_hr,
-                                   lengths=lengths, reverse=reverse, state_mask=state_mask)
-    if backend == "reference":
-        return _reference(reference.peephole_lstm, x, h0, c0, w_ih, w_hh, w_ch, b_ih, b_hh,
-                          w_hr=w_hr, lengths=lengths, reverse=reverse, state_mask=state_mask)
-    _require_steps(fn, x)
-    return _ops.lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, lengths, state_mask, reverse,
-                     algo)
+    try:
+        x, lengths = _prepare(fn, backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, lengths,
+                              state_mask)
+        if _onnx.active():  # torch.onnx.export: ONNX's LSTM operator instead of the fused op
+            return _onnx.peephole_lstm(x, h0, c0, w_ih, w_hh, w_ch, b_ih, b_hh, w_hr=w_hr,
+                                       lengths=lengths, reverse=reverse, state_mask=state_mask)
+        if backend == "reference":
+            return _reference(reference.peephole_lstm, x, h0, c0, w_ih, w_hh, w_ch, b_ih, b_hh,
+                              w_hr=w_hr, lengths=lengths, reverse=reverse, state_mask=state_mask)
+        _require_steps(fn, x)
+        return _ops.lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, lengths, state_mask,
+                         reverse, algo)
+    except Exception:
+        _checks.name_the_wrong_argument(fn, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr,
+                                        state_mask)
+        raise
 
 
 def gru(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
@@ -226,13 +242,20 @@ def gru(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor
     n = tanh(W_in x + b_in + W_hn (r⊙h) + b_hn). h' = (1-z)⊙n + z⊙h. Returns (y, h_n)."""
     backend = _backend_to_run(backend)
     check_algo(algo)
-    x, lengths = _prepare("gru", x, h0, None, w_ih, w_hh, b_ih, b_hh, None, None, lengths,
-                          state_mask)
-    if _onnx.active():  # torch.onnx.export: ONNX's GRU operator instead of the fused op
-        return _onnx.gru(x, h0, w_ih, w_hh, b_ih, b_hh, reset_after=reset_after, lengths=lengths,
-                         reverse=reverse, state_mask=state_mask)
-    if backend == "reference":
-        return _reference(reference.gru, x, h0, w_ih, w_hh, b_ih, b_hh, reset_after=reset_after,
-                          lengths=lengths, reverse=reverse, state_mask=state_mask)
-    _require_steps("gru", x)
-    return _ops.gru(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, state_mask, reverse, reset_after, algo)
+    try:
+        x, lengths = _prepare("gru", backend, x, h0, None, w_ih, w_hh, b_ih, b_hh, None, None,
+                              lengths, state_mask)
+        if _onnx.active():  # torch.onnx.export: ONNX's GRU operator instead of the fused op
+            return _onnx.gru(x, h0, w_ih, w_hh, b_ih, b_hh, reset_after=reset_after,
+                             lengths=lengths, reverse=reverse, state_mask=state_mask)
+        if backend == "reference":
+            return _reference(reference.gru, x, h0, w_ih, w_hh, b_ih, b_hh,
+                              reset_after=reset_after, lengths=lengths, reverse=reverse,
+                              state_mask=state_mask)
+        _require_steps("gru", x)
+        return _ops.gru(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, state_mask, reverse, reset_after,
+                        algo)
+    except Exception:
+        _checks.name_the_wrong_argument("gru", x, h0, None, w_ih, w_hh, b_ih, b_hh, None, None,
+                                        state_mask)
+        raise
