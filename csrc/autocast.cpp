@@ -19,12 +19,18 @@ namespace {
 using op_calls::OptTensor;
 using op_calls::Tensor;
 
+// elman_sequence and gru_sequence take the same arguments (one state h; the last flag is relu or
+// reset_after).
+using SingleStateSignature = std::tuple<Tensor, Tensor>(
+    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
+    const OptTensor&, const OptTensor&, const OptTensor&, bool, bool, c10::string_view);
 struct ElmanSequence {
   static constexpr const char* name = "fused_rnn::elman_sequence";
-  using Signature = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                               const Tensor&, const OptTensor&, const OptTensor&,
-                                               const OptTensor&, const OptTensor&, bool, bool,
-                                               c10::string_view);
+  using Signature = SingleStateSignature;
+};
+struct GruSequence {
+  static constexpr const char* name = "fused_rnn::gru_sequence";
+  using Signature = SingleStateSignature;
 };
 struct LstmSequence {
   static constexpr const char* name = "fused_rnn::lstm_sequence";
@@ -32,13 +38,6 @@ struct LstmSequence {
       const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
       const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&,
       bool, c10::string_view);
-};
-struct GruSequence {
-  static constexpr const char* name = "fused_rnn::gru_sequence";
-  using Signature = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                               const Tensor&, const OptTensor&, const OptTensor&,
-                                               const OptTensor&, const OptTensor&, bool, bool,
-                                               c10::string_view);
 };
 
 // A plain function with the op's signature that calls the op through the dispatcher: what
