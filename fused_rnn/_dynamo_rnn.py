@@ -23,10 +23,15 @@ def _allow(config) -> None:
 
 
 class _ExecThenAllow(importlib.abc.Loader):
-    """Runs the real loader, then sets the flag on the fresh config module."""
+    """Runs the real loader, then sets the flag on the fresh config module and retires the hook.
+    Everything else (get_source, get_filename, ...) is the real loader's."""
 
-    def __init__(self, loader) -> None:
+    def __init__(self, loader, finder: "_WhenDynamoConfigLoads") -> None:
         self._loader = loader
+        self._finder = finder
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
 
     def create_module(self, spec):
         return self._loader.create_module(spec)
@@ -34,16 +39,17 @@ class _ExecThenAllow(importlib.abc.Loader):
     def exec_module(self, module) -> None:
         self._loader.exec_module(module)
         _allow(sys.modules.get(module.__name__, module))
+        if self._finder in sys.meta_path:
+            sys.meta_path.remove(self._finder)
 
 
 class _WhenDynamoConfigLoads(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name != _CONFIG:
             return None
-        sys.meta_path.remove(self)  # one shot: the real finders find the module
         spec = importlib.machinery.PathFinder.find_spec(name, path, target)
         if spec is not None and spec.loader is not None:
-            spec.loader = _ExecThenAllow(spec.loader)
+            spec.loader = _ExecThenAllow(spec.loader, self)
         return spec
 
 
