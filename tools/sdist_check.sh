@@ -44,8 +44,8 @@ if [ -n "$missing" ]; then
   exit 1
 fi
 
-step "a fresh venv with torch $TORCH"
 TORCH=$("$PY" -c 'import importlib.metadata as m; print(m.version("torch"))')
+step "a fresh venv with torch $TORCH"
 VENV=$WORK/venv
 rm -rf "$VENV"
 "$PY" -m venv "$VENV"
