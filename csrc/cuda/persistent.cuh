@@ -37,8 +37,8 @@ __device__ T load_cg(const T* p) {
 }
 
 // 16-byte loads each thread keeps in flight while staging. Staging is bound by L2 latency, not
-// bandwidth: with one scalar load at a time, a 64 x 512 float32 state took ~50 us per step
-// (H200, mid, at 32a9dcb); with 8 x 16 bytes in flight it is a few rounds of ~0.3 us.
+// bandwidth: with one scalar load at a time a 64 x 512 float32 state took tens of microseconds
+// per step; with 8 x 16 bytes in flight it is a few L2 round trips (docs/persistent.md).
 constexpr int kStageLoadsInFlight = 8;
 
 // Writes n consecutive elements (the flat index i0 of a [rows][cols] array) to shared memory

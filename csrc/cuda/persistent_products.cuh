@@ -7,7 +7,7 @@
 //                does not fit or FUSED_RNN_PERSISTENT_MMA=0 (sequence/persistent_loop.h).
 //   MmaProduct   tensor cores (mma.sync m16n8k16, sm_80+), float16/bfloat16 only: W and h stay
 //                in the storage type (half the shared memory), products add up in float. The
-//                default for half types (checked and measured on an H200 at e2603bb).
+//                default for half types (the GPU runs behind it: docs/persistent.md).
 // Both compute, for every r < rows_pad and b < batch_pad (multiples of the product's tiles),
 //   out(r, b, Σ_k a[r][k] · x[b][k]),  a [rows_pad][stride], x [batch_pad][stride], k < K,
 // where every thread of the block calls them, and columns [K, columns(K)) of both are zero.

@@ -13,9 +13,9 @@
 // The state is updated in place (no ping-pong): the second steps write h[:, own] only after the
 // barrier that ends every block's reads of h in the first phase.
 //
-// Checked on an H200 (smoke test, tests, memcheck and racecheck clean at e2603bb) but not yet
-// timed: algo="persistent" runs it; "auto" keeps the stepwise loop for the reset_before GRU
-// until it has been measured.
+// Checked on a GPU (smoke test, tests, memcheck and racecheck clean; docs/persistent.md says
+// which run) but not yet timed: algo="persistent" runs it; "auto" keeps the stepwise loop for
+// the reset_before GRU until it has been measured.
 #pragma once
 
 #include "persistent.cuh"

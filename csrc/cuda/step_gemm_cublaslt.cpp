@@ -27,8 +27,8 @@ constexpr int64_t kWorkspaceBytes = int64_t{4} << 20;
 }  // namespace
 
 // One workspace per (device, stream), kept for the life of the process as cuBLAS keeps its own:
-// each loop allocating 4 MiB of its own raised a training step's peak memory by 4 MiB (tests/
-// test_backward_memory.py on an H200, c3d4ece). The map is never destroyed, so nothing is freed
+// each loop allocating 4 MiB of its own raised a training step's peak memory by 4 MiB (what
+// tests/test_backward_memory.py caught on a GPU). The map is never destroyed, so nothing is freed
 // at exit, when the CUDA allocator may be gone. Products made while their stream is being
 // captured (a caller's torch.cuda.graph) get none: what is allocated then belongs to the graph,
 // and an existing workspace baked into the caller's graph could be written by that graph's

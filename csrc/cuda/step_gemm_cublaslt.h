@@ -4,11 +4,9 @@
 // at::mm_out spends about as long on the host (dispatcher, checks, the cuBLAS handle and
 // workspace lookup, cuBLAS's own algorithm choice), so every step the GPU waited for the host.
 // Here the handle, the descriptors and the algorithm are chosen once per loop (and operand
-// alignment), and a step costs one cublasLtMatmul call. Measured on an H200
-// (benchmarks/results/h200_gpu_check_c3d4ece, against FUSED_RNN_STEP_GEMM=aten in the same run):
-// bf16 stepwise LSTM and GRU went from 0.96-1.17x cuDNN to 1.10-1.39x at mid, deepbench_1024,
-// big_h and large_batch. (Replayed from a CUDA graph the same loop is 2-3.7x cuDNN: most of a
-// step is still the host's.)
+// alignment), and a step costs one cublasLtMatmul call: against FUSED_RNN_STEP_GEMM=aten in the
+// same GPU run the bf16 stepwise loops got faster at every workload measured, though most of a
+// step is still the host's until the loop is replayed from a graph (docs/persistent.md).
 //
 // float16 and bfloat16 only, with float sums whose split-k partial sums are added in float,
 // never in the storage type. float32 and float64 keep ATen's GEMM: in the same run float32

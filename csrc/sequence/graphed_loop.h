@@ -1,9 +1,8 @@
 // The stepwise CUDA loops replayed from CUDA graphs, captured once per shape and W_hh.
 //
-// Why: the eager half-type stepwise loop is host-bound (two launches and a cuBLASLt call a step).
-// Measured on an H200 (benchmarks/results/h200_gpu_check_6ea377d, one run, against cuDNN), bf16
-// LSTM and GRU at mid, deepbench_1024, big_h and large_batch: eager 1.10-1.36x, replayed from
-// these graphs 1.53-3.14x (forward 1.53-2.60x, training 1.71-3.14x).
+// Why: the eager half-type stepwise loop is host-bound (two launches and a cuBLASLt call a step);
+// replayed from graphs the same loop is GPU-bound (the measurements: README "CUDA graphs" and
+// docs/persistent.md).
 //
 // ON BY DEFAULT for float16 and bfloat16 on CUDA; FUSED_RNN_STEPWISE_GRAPHS=0 turns it off.
 // float32 too with FUSED_RNN_STEPWISE_GRAPHS=all (opt-in: not yet run on a GPU). Its eager

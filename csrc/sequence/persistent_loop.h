@@ -50,21 +50,9 @@ inline bool persistent_uses_tensor_cores(const Tensor& state) {
 // Where `auto` takes the persistent CUDA kernel (if its plan then fits): while the multiply-adds
 // one block does per step, B * gates * units * H, stay at most these. Past them, one block's
 // products from shared memory lose to the stepwise path's GEMM despite that path's two launches
-// a step. Measured on an H200, both algorithms in one run (docs/persistent.md):
-//   FFMA (float32, float64; benchmarks/results/h200_gpu_check_6b5bb7f): persistent wins at
-//   small_batch (8k-33k), long_tiny (1k-4k), mid RNN (131k) and GRU (393k: 17% faster forward,
-//   3% slower training), and loses at mid LSTM (524k: 17% slower forward) and beyond.
-//   Tensor cores (bf16) against the eager stepwise loop (h200_gpu_check_c3d4ece, used where
-//   FUSED_RNN_STEPWISE_GRAPHS=0): persistent wins at mid LSTM (524k: 1.8x forward, 1.4x
-//   training) and GRU (393k: 2x, 1.5x) and at deepbench_1024 GRU (1.57M: 10% forward, 4%
-//   training), and loses at deepbench_1024 LSTM (2.1M: 10% slower forward, 23% training) and
-//   large_batch (8.4M: 3-4x slower).
-//   Tensor cores against the stepwise loop replayed from graphs (the default for half types,
-//   graphed_loop.h; h200_gpu_check_6ea377d): persistent loses at mid LSTM (524k: 1.19 against
-//   1.03 ms forward, 3.49 against 2.15 training) and GRU (393k: even forward, 2.96 against
-//   1.88 training) and beyond. small_batch (33k) and long_tiny (4k) keep the persistent kernel:
-//   graph replay still pays a node a launch, which the persistent step does not (not measured
-//   against each other yet).
+// a step; against the stepwise loop replayed from graphs (the half types' default) the tensor
+// cores' limit is lower, since replay removes most of that path's launch cost. The runs behind
+// each limit: docs/persistent.md ("Choosing" and the measured sections).
 constexpr int64_t kAutoPersistentMaxWork = 400 * 1000;
 constexpr int64_t kAutoPersistentMaxWorkTensorCores = 1800 * 1000;
 constexpr int64_t kAutoPersistentMaxWorkAgainstGraphs = 200 * 1000;
@@ -137,8 +125,8 @@ inline bool persistent_allowed_now(Algo algo) {
 }
 
 // The grid kernel's plan from plan_for(tensor_cores): on tensor cores for float16/bfloat16
-// unless FUSED_RNN_PERSISTENT_MMA=0 (measured 1.6-3.4x faster than FFMA on an H200,
-// benchmarks/results/h200_gpu_check_e2603bb), else with FFMA.
+// unless FUSED_RNN_PERSISTENT_MMA=0 (several times faster than FFMA: docs/persistent.md), else
+// with FFMA.
 template <typename scalar_t, class PlanFor>
 PersistentPlan plan_grid(const PlanFor& plan_for, int64_t B, int64_t H) {
   const Experiment mma = experiment_requested("FUSED_RNN_PERSISTENT_MMA", Experiment::kWhereItFits);

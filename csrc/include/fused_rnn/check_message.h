@@ -4,8 +4,8 @@
 // Why: on the GPU machine (torch 2.11, the extension built there with /opt/gcc's g++), a
 // TORCH_CHECK whose message streamed a number, or a shape (which streams numbers), crashed the
 // process with a segmentation fault inside c10::str's std::ostringstream instead of raising,
-// while messages made of strings alone raised as they should (tools/gpu_check.sh at ff51630
-// and 5d22f97). So every check hands TORCH_CHECK one string: numbers go through
+// while messages made of strings alone raised as they should (two GPU runs of
+// tools/gpu_check.sh, benchmarks/results/GPU_RUNS.md). So every check hands TORCH_CHECK one string: numbers go through
 // std::to_string, shapes are written "[2, 3]", dtypes and devices by c10's own names.
 #pragma once
 

@@ -62,8 +62,8 @@ struct PersistentPlan {
   bool tensor_cores = false; // fp16/bf16: the products run on tensor cores
 };
 
-// EXPERIMENTAL (its results matched the grid kernel's on an H200 at e2603bb, but that process
-// aborted at exit, not yet understood): the forward as ONE thread-block cluster of up to
+// EXPERIMENTAL (its results matched the grid kernel's on a GPU, but that process aborted at
+// exit, not yet understood; docs/persistent.md): the forward as ONE thread-block cluster of up to
 // kMaxClusterBlocks blocks (sm_90). The state never leaves the chip: each block keeps its units'
 // h in shared memory, reads the other units' h from the other blocks' shared memory (distributed
 // shared memory), keeps hh in shared memory, and meets the others at a cluster barrier (0.2 us
